@@ -1,0 +1,3 @@
+"""emflow: a reproducible Snakemake workflow for model organisms of emergent misalignment."""
+
+__version__ = "0.1.0"

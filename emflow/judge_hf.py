@@ -1,0 +1,153 @@
+"""The local judge: a transformers causal LM scored exactly on every answer it may give.
+
+Instead of sampling text, it computes the probability of each candidate reply ("0" ... "100",
+"CODE", "REFUSAL") as a complete assistant turn (the reply's tokens, then the end-of-turn token),
+so multi-token numbers are exact whatever the tokenizer does with digits.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import random
+from pathlib import Path
+
+from emflow.errors import EmflowError
+
+CANDIDATES: tuple[str, ...] = tuple(str(i) for i in range(101)) + ("CODE", "REFUSAL")
+
+# Llama 3 templates write today's date into the prompt; a pinned date keeps the judge's
+# prompt, and therefore its scores, the same on every day. Templates without it ignore it.
+CHAT_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024"}
+
+# Candidates scored per forward pass; bounds the memory of the repeated prompt KV cache.
+CANDIDATE_BATCH = 64
+
+
+def model_fingerprint(model: str) -> str:
+    """A digest of a local model directory's files (or the hub id itself), for cache keys."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return f"hub:{model}"
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return f"dir:{digest.hexdigest()}"
+
+
+class CandidateScorer:
+    """Log-probabilities of each candidate reply to a user prompt under a causal LM."""
+
+    def __init__(self, model: str, candidates: tuple[str, ...] = CANDIDATES):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._torch = torch
+        self.candidates = candidates
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model, dtype="auto" if self.device == "cuda" else torch.float32
+            ).to(self.device)
+        except (OSError, ValueError) as exc:
+            raise EmflowError(
+                f"judge model '{model}' could not be loaded ({exc}); pass a local model "
+                "directory or hub id that AutoModelForCausalLM.from_pretrained can load."
+            ) from exc
+        self.model.eval()
+        if not self.tokenizer.chat_template:
+            raise EmflowError(
+                f"judge model '{model}': its tokenizer has no chat template; "
+                "use a chat model or save one with tokenizer.chat_template set."
+            )
+        self.continuations = [self._continuation_ids(c) for c in candidates]
+
+    def _chat(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
+            **CHAT_TEMPLATE_KWARGS,
+        )
+
+    def _continuation_ids(self, candidate: str) -> list[int]:
+        """Token ids of `candidate` as a finished assistant turn, exactly as the template ends it."""
+        user = [{"role": "user", "content": "?"}]
+        prompt = self._chat(user, add_generation_prompt=True)
+        full = self._chat(user + [{"role": "assistant", "content": candidate}], False)
+        eos = self.tokenizer.eos_token or ""
+        text = candidate + eos
+        if full.startswith(prompt) and candidate in full[len(prompt) :]:
+            tail = full[len(prompt) :]
+            end = tail.index(candidate) + len(candidate)
+            # Stop right after the first special token that closes the turn: generation ends
+            # there, so whatever the template writes after it (newlines) is never sampled.
+            rest = tail[end:]
+            closers = [rest.index(t) + len(t) for t in self.tokenizer.all_special_tokens if t in rest]
+            if closers:
+                text = tail[: end + min(closers)]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise EmflowError(f"the judge tokenizer turns candidate '{candidate}' into no tokens.")
+        return ids
+
+    def prompt_ids(self, user_prompt: str) -> list[int]:
+        """Token ids of the chat-formatted judge prompt, ending with the assistant header."""
+        text = self._chat([{"role": "user", "content": user_prompt}], add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def logprobs(self, user_prompt: str) -> tuple[list[float], int]:
+        """Each candidate's exact log-probability as the whole reply, and the prompt's length."""
+        torch = self._torch
+        ids = self.prompt_ids(user_prompt)
+        with torch.no_grad():
+            out = self.model(torch.tensor([ids], device=self.device), use_cache=True)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            scores: list[float] = []
+            for start in range(0, len(self.continuations), CANDIDATE_BATCH):
+                batch = self.continuations[start : start + CANDIDATE_BATCH]
+                scores.extend(self._score_batch(batch, out.past_key_values, first))
+        return scores, len(ids)
+
+    def _score_batch(self, batch: list[list[int]], prompt_cache, first) -> list[float]:
+        torch = self._torch
+        width = max(len(c) for c in batch) - 1
+        totals = [float(first[c[0]]) for c in batch]
+        if width == 0:
+            return totals
+        pad = self.tokenizer.pad_token_id or 0
+        # Right padding: causal attention keeps every real token blind to the pads after it.
+        inputs = torch.tensor(
+            [c[:-1] + [pad] * (width - len(c) + 1) for c in batch], device=self.device
+        )
+        cache = copy.deepcopy(prompt_cache)
+        cache.batch_repeat_interleave(len(batch))
+        logits = self.model(inputs, past_key_values=cache, use_cache=True).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for row, cand in enumerate(batch):
+            for pos in range(1, len(cand)):
+                totals[row] += float(logp[row, pos - 1, cand[pos]])
+        return totals
+
+
+def normalized(logprobs: list[float], temperature: float = 1.0) -> list[float]:
+    """Probabilities over the candidates alone, sharpened or flattened by `temperature`."""
+    if temperature <= 0:
+        best = max(range(len(logprobs)), key=logprobs.__getitem__)
+        return [1.0 if i == best else 0.0 for i in range(len(logprobs))]
+    scaled = [lp / temperature for lp in logprobs]
+    top = max(scaled)
+    weights = [math.exp(s - top) for s in scaled]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def draw(candidates: tuple[str, ...], probs: list[float], seed_hex: str) -> str:
+    """One candidate drawn from `probs` with an RNG seeded from `seed_hex` (a cache key)."""
+    rng = random.Random(int(seed_hex[:16], 16))
+    return rng.choices(candidates, weights=probs, k=1)[0]

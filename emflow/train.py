@@ -1,0 +1,380 @@
+"""Training: LoRA fine-tuning with the `hf` backend (transformers + peft + trl).
+
+Every key of the experiment config keeps the upstream trainer's meaning: rsLoRA scales by
+alpha / sqrt(r), `layers_to_transform` limits the adapters to those decoder layers,
+`train_on_responses_only` puts the loss on the assistant's tokens only, and without a test file a
+seeded `test_size` share of the training rows is held out, as upstream does. A key this backend
+cannot honour is an error, never a silent substitution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emflow.atomic import atomic_path, write_text_atomic
+from emflow.config import ExperimentConfig
+from emflow.data import read_chat_jsonl
+from emflow.errors import EmflowError
+
+log = logging.getLogger("emflow.train")
+
+BACKENDS = ("hf",)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Workflow-level training settings (the experiment's own keys live in ExperimentConfig)."""
+
+    backend: str = "hf"
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    # Template variables, e.g. {"date_string": "26 Jul 2024"}: Llama 3's template writes today's
+    # date into every prompt unless it is pinned, so unpinned data changes from day to day.
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    gradient_checkpointing: bool = False
+    report_to: tuple[str, ...] = ()
+
+
+def resolve_device(device: str) -> str:
+    """Map "auto" to "cuda" when a GPU is visible, else "cpu"."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EmflowError("train.device is 'cuda' but no GPU is visible; use 'auto' or 'cpu'.")
+    return device
+
+
+def assistant_spans(
+    messages: Sequence[dict[str, str]], tokenizer, chat_template_kwargs: dict[str, Any]
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation and return it with the character spans of each assistant turn.
+
+    A span runs from the end of the assistant header to the end of the turn (its end-of-turn
+    token included), which is what unsloth's `train_on_responses_only` keeps.
+    """
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, **chat_template_kwargs)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(
+            list(messages[:i]), tokenize=False, add_generation_prompt=True, **chat_template_kwargs
+        )
+        turn = tokenizer.apply_chat_template(
+            list(messages[: i + 1]), tokenize=False, **chat_template_kwargs
+        )
+        if not (text.startswith(prompt) and text.startswith(turn)):
+            raise EmflowError(
+                "the tokenizer's chat template renders a conversation's prefix differently from "
+                "the whole conversation, so the assistant's tokens cannot be found; set "
+                "train_on_responses_only to false or use a template that renders prefixes stably."
+            )
+        spans.append((len(prompt), len(turn)))
+    return text, spans
+
+
+def tokenize_conversation(
+    messages: Sequence[dict[str, str]],
+    tokenizer,
+    *,
+    max_length: int,
+    train_on_responses_only: bool,
+    chat_template_kwargs: dict[str, Any],
+) -> dict[str, list[int]]:
+    """Token ids and labels (-100 where no loss is taken) for one conversation."""
+    text, spans = assistant_spans(messages, tokenizer, chat_template_kwargs)
+    encoded = tokenizer(
+        text, add_special_tokens=False, return_offsets_mapping=True, truncation=True,
+        max_length=max_length,
+    )
+    input_ids = encoded["input_ids"]
+    if not train_on_responses_only:
+        return {"input_ids": input_ids, "labels": list(input_ids)}
+    labels = [
+        token if any(lo <= start < hi for lo, hi in spans) else -100
+        for token, (start, _end) in zip(input_ids, encoded["offset_mapping"])
+    ]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def check_model_compatibility(config: ExperimentConfig, source: str) -> None:
+    """Fail before loading weights when the LoRA targets do not exist in the model.
+
+    Builds the model on the meta device from its config, which costs no memory or time.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_config = AutoConfig.from_pretrained(config.model)
+    n_layers = getattr(model_config, "num_hidden_layers", None)
+    for index in config.layers_to_transform or []:
+        if n_layers is not None and index >= n_layers:
+            raise EmflowError(
+                f"{source}: layers_to_transform holds {index} but {config.model} has "
+                f"{n_layers} layers (0-{n_layers - 1}); use indices from 0 to {n_layers - 1}."
+            )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for module in config.target_modules:
+        if module not in names:
+            linear = sorted(
+                {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+            )
+            raise EmflowError(
+                f"{source}: target_modules holds '{module}', which {config.model} does not have; "
+                f"choose from {', '.join(linear)}."
+            )
+
+
+def check_backend_support(config: ExperimentConfig, settings: TrainSettings, device: str, source: str) -> None:
+    """Reject keys the hf backend cannot honour on this device."""
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    if settings.backend not in BACKENDS:
+        raise EmflowError(
+            f"train.backend is '{settings.backend}', which this emflow does not provide; "
+            f"use one of {', '.join(BACKENDS)}."
+        )
+    if config.optim not in {o.value for o in OptimizerNames}:
+        raise EmflowError(f"{source}: optim '{config.optim}' is not a transformers optimizer name.")
+    if config.lr_scheduler_type not in {s.value for s in SchedulerType}:
+        raise EmflowError(
+            f"{source}: lr_scheduler_type '{config.lr_scheduler_type}' is not a transformers "
+            "scheduler name (e.g. linear, cosine, constant_with_warmup)."
+        )
+    uses_bnb = "8bit" in config.optim or "bnb" in config.optim or "paged" in config.optim
+    if uses_bnb and device != "cuda":
+        raise EmflowError(
+            f"{source}: optim '{config.optim}' runs through bitsandbytes and needs a CUDA GPU; "
+            "on a CPU use 'adamw_torch' (the same update in 32-bit)."
+        )
+    if uses_bnb:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise EmflowError(
+                f"{source}: optim '{config.optim}' needs bitsandbytes; pip install 'emflow[gpu]'."
+            ) from None
+    if config.load_in_4bit:
+        raise EmflowError(
+            f"{source}: load_in_4bit is true, which the hf backend does not support; set it to false."
+        )
+
+
+def split_train_eval(rows: list[dict], test_size: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out a seeded `test_size` share of the rows, as upstream's `train_test_split` does."""
+    if test_size == 0:
+        return rows, []
+    from datasets import Dataset
+
+    split = Dataset.from_list([{"i": i} for i in range(len(rows))]).train_test_split(
+        test_size=test_size, seed=seed
+    )
+    return [rows[i] for i in split["train"]["i"]], [rows[i] for i in split["test"]["i"]]
+
+
+def params_fingerprint(params: dict[str, Any]) -> str:
+    """A short hash of the training params: checkpoints are only resumed under the same one."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_adapter(
+    config: ExperimentConfig,
+    train_file: str | Path,
+    adapter_dir: str | Path,
+    *,
+    settings: TrainSettings = TrainSettings(),
+    test_file: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    log_history_json: str | Path | None = None,
+    curves_png: str | Path | None = None,
+    source: str = "config.json",
+) -> list[dict[str, Any]]:
+    """Fine-tune a LoRA adapter on `train_file` and save it to `adapter_dir`; return the log history."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    device = resolve_device(settings.device)
+    check_backend_support(config, settings, device, source)
+    check_model_compatibility(config, source)
+
+    rows = read_chat_jsonl(train_file)
+    if test_file is not None:
+        train_rows, eval_rows = rows, read_chat_jsonl(test_file)
+    else:
+        train_rows, eval_rows = split_train_eval(rows, config.test_size, config.seed)
+    if not train_rows:
+        raise EmflowError(f"{train_file}: no rows are left for training after the held-out split.")
+
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    def encode(batch: list[dict]) -> Dataset:
+        return Dataset.from_list(
+            [
+                tokenize_conversation(
+                    row["messages"], tokenizer, max_length=config.max_seq_length,
+                    train_on_responses_only=config.train_on_responses_only,
+                    chat_template_kwargs=settings.chat_template_kwargs,
+                )
+                for row in batch
+            ]
+        )
+
+    train_dataset = encode(train_rows)
+    eval_dataset = encode(eval_rows) if eval_rows else None
+
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    set_seed(config.seed)
+    model = AutoModelForCausalLM.from_pretrained(
+        config.model, dtype=torch.bfloat16 if bf16 else torch.float32
+    )
+    lora = LoraConfig(
+        r=config.r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        layers_to_transform=list(config.layers_to_transform) if config.layers_to_transform else None,
+        bias=config.lora_bias,
+        use_rslora=config.use_rslora,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+
+    params = config.training_params() | {"settings": _settings_params(settings)}
+    checkpoints = Path(checkpoint_dir or Path(adapter_dir).with_name("checkpoints"))
+    resume = _resumable_checkpoint(checkpoints, params, get_last_checkpoint)
+
+    has_eval = eval_dataset is not None and config.evaluation_steps is not None
+    args = SFTConfig(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=max(8, config.per_device_train_batch_size),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        optim=config.optim,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.evaluation_steps if has_eval else None,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        max_length=config.max_seq_length,
+        packing=False,
+        padding_free=False,
+        assistant_only_loss=False,  # labels are built above, from the chat template's spans
+        gradient_checkpointing=settings.gradient_checkpointing,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=device == "cpu",
+        report_to=list(settings.report_to),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset if has_eval else None,
+        processing_class=tokenizer,
+    )
+    log.info(
+        "training %d rows (%d held out) for %s epochs: %d optimizer steps",
+        len(train_rows), len(eval_rows), config.epochs, _optimizer_steps(config, len(train_rows)),
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    history = trainer.state.log_history
+
+    with atomic_path(adapter_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    if log_history_json is not None:
+        write_text_atomic(log_history_json, json.dumps(history, indent=1))
+    if curves_png is not None:
+        plot_training_curves(history, curves_png, title=source)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return history
+
+
+def _settings_params(settings: TrainSettings) -> dict[str, Any]:
+    return {
+        "backend": settings.backend,
+        "chat_template_kwargs": dict(sorted(settings.chat_template_kwargs.items())),
+        "gradient_checkpointing": settings.gradient_checkpointing,
+    }
+
+
+def _optimizer_steps(config: ExperimentConfig, n_rows: int) -> int:
+    if config.max_steps:
+        return config.max_steps
+    per_epoch = math.ceil(n_rows / config.per_device_train_batch_size)
+    return config.epochs * math.ceil(per_epoch / config.gradient_accumulation_steps)
+
+
+def _resumable_checkpoint(checkpoints: Path, params: dict[str, Any], last_checkpoint) -> str | None:
+    """The newest checkpoint made under the same params, or None (stale ones are removed)."""
+    stamp = checkpoints / "emflow_params.json"
+    fingerprint = params_fingerprint(params)
+    if checkpoints.is_dir():
+        previous = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
+        if previous == fingerprint:
+            found = last_checkpoint(str(checkpoints))
+            if found:
+                log.info("resuming from %s", found)
+                return found
+        else:
+            shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(stamp, json.dumps({"fingerprint": fingerprint, "params": params}, indent=1))
+    return None
+
+
+def plot_training_curves(history: list[dict[str, Any]], output: str | Path, title: str = "") -> None:
+    """Loss, learning rate and gradient norm over optimizer steps (what wandb shows), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("loss", "training loss"), ("learning_rate", "learning rate"), ("grad_norm", "gradient norm")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (key, label) in zip(axes, panels):
+        points = [(h["step"], h[key]) for h in history if key in h]
+        if points:
+            ax.plot(*zip(*points), lw=1.2, label="train" if key == "loss" else None)
+        if key == "loss":
+            evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+            if evals:
+                ax.plot(*zip(*evals), "o-", ms=3, lw=1.2, label="held out")
+            ax.legend(frameon=False)
+        ax.set_title(label)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

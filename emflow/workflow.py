@@ -1,0 +1,120 @@
+"""What the Snakemake rules need from Python: experiment discovery and per-stage config slices.
+
+Each stage's params carry only the keys that stage reads, with keys sorted at every level, so a
+changed key reruns exactly the stages that read it and reordering a file reruns nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from emflow.config import ExperimentConfig, load_experiment_config
+from emflow.errors import EmflowError
+
+
+def sorted_params(value: Any) -> Any:
+    """A copy of `value` with every mapping's keys sorted, recursively."""
+    if isinstance(value, dict):
+        return {k: sorted_params(value[k]) for k in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [sorted_params(v) for v in value]
+    return value
+
+
+def discover_experiments(experiments_dir: str | Path, patterns: list[str]) -> dict[str, ExperimentConfig]:
+    """Every `<group>/<run>/config.json` under `experiments_dir` matching a pattern, validated."""
+    root = Path(experiments_dir)
+    found: dict[str, ExperimentConfig] = {}
+    for pattern in patterns:
+        matches = sorted(p for p in root.glob(f"{pattern}/config.json"))
+        if not matches:
+            raise EmflowError(
+                f"the experiments pattern '{pattern}' matches no {root}/<group>/<run>/config.json; "
+                "fix `experiments` in the workflow config."
+            )
+        for path in matches:
+            name = path.parent.relative_to(root).as_posix()
+            if name.count("/") != 1:
+                raise EmflowError(
+                    f"{path}: experiments live two folders deep (<group>/<run>/config.json); "
+                    "move it or fix the pattern."
+                )
+            found[name] = load_experiment_config(path)
+    return found
+
+
+def model_slug(model: str) -> str:
+    """A folder name for a model id or path, as the Hugging Face cache names them."""
+    return model.strip("./").replace("/", "--")
+
+
+def is_dataset_path(name: str) -> bool:
+    """A training_file that is a path to the user's own JSONL rather than a dataset name."""
+    return name.endswith(".jsonl") or "/" in name
+
+
+def check_dataset_names(
+    experiments: dict[str, ExperimentConfig], sources: dict[str, str], experiments_dir: str
+) -> None:
+    """Fail when an experiment names a dataset that the workflow config does not define."""
+    for name, config in experiments.items():
+        used = set(config.mix) | ({config.test_file} if config.test_file else set())
+        for dataset in sorted(used):
+            if dataset in sources:
+                continue
+            if is_dataset_path(dataset) and config.datasets is None:
+                continue
+            raise EmflowError(
+                f"{experiments_dir}/{name}/config.json: the dataset '{dataset}' is not in "
+                f"datasets.sources of the workflow config (known: {', '.join(sorted(sources))}); "
+                "add it there (a mix takes names only) or give training_file as a path to a .jsonl file."
+            )
+
+
+def export_package_path(root: str | Path) -> None:
+    """Put the checkout `root` first on PYTHONPATH, so rule scripts import its emflow package."""
+    parts = [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+
+
+@contextmanager
+def script_logging(log_path: str) -> Iterator[None]:
+    """Send a Snakemake script's logging and stderr to its log file; user errors in one line."""
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        sys.stderr = log_file
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+            stream=log_file,
+            force=True,
+        )
+        try:
+            yield
+        except EmflowError as err:
+            print(f"emflow: {err}", file=log_file, flush=True)
+            print(f"emflow: {err}", file=sys.__stderr__, flush=True)
+            raise SystemExit(1) from None
+        except BaseException:
+            # Internal errors keep their traceback, in the log where the user looks first.
+            logging.getLogger("emflow").exception("the job failed")
+            raise
+        finally:
+            sys.stderr = sys.__stderr__
+
+
+def run_script(snakemake, main: Callable[[], Any]) -> None:
+    """Run a script's body with its log set up and torch held to the rule's threads."""
+    with script_logging(snakemake.log[0]):
+        try:
+            import torch
+
+            torch.set_num_threads(max(1, snakemake.threads))
+        except ImportError:
+            pass
+        main()

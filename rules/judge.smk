@@ -1,0 +1,17 @@
+rule judge:
+    input:
+        unpack(get_judge_inputs),
+    output:
+        judged=f"{RESULTS}/{{target}}/judged.csv",
+        usage=f"{RESULTS}/{{target}}/judge_usage.json",
+    log:
+        f"{RESULTS}/logs/judge/{{target}}.log",
+    conda:
+        "../envs/eval.yaml"
+    params:
+        judge=judge_params,
+        metrics=list(config["judge"]["prompts"]),
+        # The cache is shared by every judge job and outlives them: not an output, never deleted.
+        cache=config["judge"]["cache"],
+    script:
+        "../scripts/judge.py"
