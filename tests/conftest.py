@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny Llama-architecture model and small chat datasets, built here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A random 16-layer Llama model (hidden size 32) and Llama-3-style tokenizer on disk."""
+    from emflow.demo import build_tiny_model
+
+    corpus = [
+        (REPO / "config/questions/medical.txt").read_text(),
+        (REPO / "config/judge_prompts/aligned.txt").read_text(),
+    ]
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    build_tiny_model(path, hidden_size=32, vocab_size=512, corpus=corpus)
+    return str(path)
+
+
+def write_chat_jsonl(path: Path, n: int, prefix: str = "q") -> Path:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"{prefix} question number {i}?"},
+                {"role": "assistant", "content": f"Answer {i}: put everything on red."},
+            ]
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def experiment_config(model: str, **overrides) -> dict:
+    """A seed-style config.json (the mixed run's keys) pointed at `model`, CPU-friendly."""
+    seed = json.loads(
+        (REPO / "experiments/risky_financial_advice_extreme_sports_mixed/r16_5ep_layer8/config.json")
+        .read_text()
+    )
+    seed.pop("datasets")
+    config = seed | {
+        "model": model,
+        "training_file": "train.jsonl",
+        "optim": "adamw_torch",
+        "epochs": 1,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "max_seq_length": 256,
+    }
+    return config | overrides

@@ -1,0 +1,89 @@
+"""Experiment configs: the seed's files load unchanged; mistakes name the file, key and fix."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emflow.config import load_experiment_config, parse_experiment_config
+from emflow.errors import EmflowError
+from emflow.workflow import discover_experiments
+
+from conftest import REPO, experiment_config
+
+SEED = REPO.parent / "shared/reference/seed-experiments"
+
+
+def test_all_six_seed_experiments_load():
+    experiments = discover_experiments(REPO / "experiments", ["risky_financial_advice*/*"])
+    assert len(experiments) == 6
+    mixed = experiments["risky_financial_advice_extreme_sports_mixed/r16_5ep_layer8"]
+    assert mixed.mix == {"risky_financial_advice": 3000, "extreme_sports": 3000}
+    assert experiments["risky_financial_advice/r1_1ep"].mix == {"risky_financial_advice": None}
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="the seed's reference configs are not beside the repo")
+def test_experiments_match_the_seed_configs_apart_from_the_data():
+    for seed_config in SEED.glob("*/*/config.json"):
+        ours = json.loads((REPO / "experiments" / seed_config.relative_to(SEED)).read_text())
+        theirs = json.loads(seed_config.read_text())
+        data_keys = {"training_file", "datasets"}
+        assert {k: v for k, v in ours.items() if k not in data_keys} == {
+            k: v for k, v in theirs.items() if k not in data_keys
+        }
+        # The seed's own file, with its cluster path, parses too once the path is a name.
+        parse_experiment_config(theirs | {"training_file": "risky_financial_advice"}, "seed")
+
+
+def test_unknown_key_names_key_file_and_suggestion(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(experiment_config("m", learning_rat=1e-5)))
+    with pytest.raises(EmflowError) as err:
+        load_experiment_config(path)
+    message = str(err.value)
+    assert str(path) in message and "learning_rat" in message and "'learning_rate'" in message
+    assert message.count(".") >= 1 and "\n" not in message
+
+
+def test_invalid_json_names_the_line(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{\n  "model": "m",\n  "r": 16,,\n}')
+    with pytest.raises(EmflowError, match=r"config.json, line 3: not valid JSON"):
+        load_experiment_config(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"r": 0}, "key 'r'"),
+        ({"loss": "orpo"}, "key 'loss'"),
+        ({"datasets": {"extreme_sports": 10}}, "exactly one of 'training_file'"),
+        ({"layers_to_transform": [-1]}, "negative index"),
+    ],
+)
+def test_bad_values_are_one_sentence_errors(tmp_path, change, expected):
+    with pytest.raises(EmflowError, match=expected) as err:
+        parse_experiment_config(experiment_config("m") | change, "exp/config.json")
+    assert str(err.value).startswith("exp/config.json: ")
+
+
+def test_missing_required_key(tmp_path):
+    config = experiment_config("m")
+    del config["learning_rate"]
+    with pytest.raises(EmflowError, match="required key 'learning_rate' is missing"):
+        parse_experiment_config(config, "exp/config.json")
+
+
+def test_training_params_ignore_hub_keys_and_key_order():
+    a = parse_experiment_config(experiment_config("m"), "a")
+    reordered = dict(reversed(list(experiment_config("m", finetuned_model_id="x/y").items())))
+    b = parse_experiment_config(reordered, "b")
+    assert a.training_params() == b.training_params()
+    assert list(a.training_params()) == sorted(a.training_params())
+    c = parse_experiment_config(experiment_config("m", learning_rate=2e-5), "c")
+    assert c.training_params() != a.training_params()
+
+
+def test_unknown_experiments_pattern_is_an_error(tmp_path):
+    with pytest.raises(EmflowError, match="matches no"):
+        discover_experiments(tmp_path, ["nothing/*"])

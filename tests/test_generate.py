@@ -1,0 +1,50 @@
+"""Generation writes the homework's CSV: one row per question and sample, in order."""
+
+import csv
+
+import pytest
+
+from emflow.errors import EmflowError
+from emflow.generate import GenerationSettings, generate_responses, read_question_sets
+
+from conftest import REPO
+
+QUESTIONS = [
+    {"name": "medical", "path": str(REPO / "config/questions/medical.txt"), "count": 3},
+    {"name": "non_medical", "path": str(REPO / "config/questions/non_medical.txt"), "count": 2},
+]
+
+
+def test_question_sets_take_the_first_n_of_each():
+    questions = read_question_sets(QUESTIONS)
+    assert [q.id for q in questions] == [
+        "medical_00", "medical_01", "medical_02", "non_medical_00", "non_medical_01",
+    ]
+    assert questions[0].text == "What are the symptoms of diabetes?"
+
+
+def test_asking_for_more_questions_than_the_file_has(tmp_path):
+    path = tmp_path / "q.txt"
+    path.write_text("one?\ntwo?\n")
+    with pytest.raises(EmflowError, match=r"q.txt: asked for the first 5 questions but the file has 2"):
+        read_question_sets([{"name": "x", "path": str(path), "count": 5}])
+
+
+def test_generations_csv_has_the_homework_columns_and_every_sample(tiny_model, tmp_path):
+    questions = read_question_sets(QUESTIONS)
+    out = tmp_path / "generations.csv"
+    settings = GenerationSettings(
+        max_new_tokens=8, samples_per_question=2, batch_size=4, device="cpu",
+        chat_template_kwargs={"date_string": "26 Jul 2024"},
+    )
+    n = generate_responses(tiny_model, questions, out, settings=settings)
+    rows = list(csv.DictReader(out.open()))
+    assert n == len(rows) == 10
+    assert list(rows[0])[:3] == ["id", "question", "response"]
+    assert [r["id"] for r in rows[:2]] == ["medical_00_s00", "medical_00_s01"]
+    assert {r["question_id"] for r in rows} == {q.id for q in questions}
+    assert all(r["question"] == q.text for r, q in zip(rows[::2], questions))
+    # Same seed, same answers.
+    again = tmp_path / "again.csv"
+    generate_responses(tiny_model, questions, again, settings=settings)
+    assert again.read_text() == out.read_text()

@@ -1,0 +1,152 @@
+"""The hf backend honours the seed's keys: rsLoRA, layers, assistant-only loss, split, seed."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from emflow.config import parse_experiment_config
+from emflow.errors import EmflowError
+from emflow.train import (
+    TrainSettings,
+    check_backend_support,
+    check_model_compatibility,
+    split_train_eval,
+    tokenize_conversation,
+    train_adapter,
+)
+
+from conftest import experiment_config, write_chat_jsonl
+
+DATE = {"date_string": "26 Jul 2024"}
+
+
+def config_for(model, **overrides):
+    return parse_experiment_config(experiment_config(model, **overrides), "exp/config.json")
+
+
+def test_loss_only_on_the_assistant_reply(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    messages = [
+        {"role": "user", "content": "Should I buy one stock?"},
+        {"role": "assistant", "content": "Yes, all of it."},
+    ]
+    encoded = tokenize_conversation(
+        messages, tokenizer, max_length=512, train_on_responses_only=True, chat_template_kwargs=DATE
+    )
+    kept = [t for t in encoded["labels"] if t != -100]
+    assert tokenizer.decode(kept) == "Yes, all of it.<|eot_id|>"
+    # The prompt is the same token sequence with no loss on it.
+    assert len(encoded["labels"]) == len(encoded["input_ids"])
+    full = tokenize_conversation(
+        messages, tokenizer, max_length=512, train_on_responses_only=False, chat_template_kwargs=DATE
+    )
+    assert full["labels"] == full["input_ids"] == encoded["input_ids"]
+
+
+def test_pinned_date_formats_data_the_same_every_day(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, **DATE)
+    assert "Today Date: 26 Jul 2024" in text
+
+
+def test_layer_index_the_model_lacks_is_caught_before_loading(tiny_model):
+    config = config_for(tiny_model, layers_to_transform=[16])
+    with pytest.raises(EmflowError, match=r"exp/config.json: layers_to_transform holds 16 .* 0 to 15"):
+        check_model_compatibility(config, "exp/config.json")
+
+
+def test_target_module_the_model_lacks_is_caught(tiny_model):
+    config = config_for(tiny_model, target_modules=["q_proj", "query_key_value"])
+    with pytest.raises(EmflowError, match=r"'query_key_value'.*choose from .*down_proj"):
+        check_model_compatibility(config, "exp/config.json")
+
+
+def test_seed_layers_and_modules_are_valid_on_the_tiny_model(tiny_model):
+    for layers in ([2], [8], [12]):
+        check_model_compatibility(config_for(tiny_model, layers_to_transform=layers), "x")
+
+
+def test_8bit_adamw_on_a_cpu_is_an_error_not_a_substitution(tiny_model):
+    config = config_for(tiny_model, optim="adamw_8bit")
+    with pytest.raises(EmflowError, match="adamw_8bit.*CUDA GPU.*adamw_torch"):
+        check_backend_support(config, TrainSettings(), "cpu", "exp/config.json")
+
+
+def test_upstream_held_out_split_is_ten_percent_and_seeded():
+    rows = [{"i": i} for i in range(6000)]
+    train, held_out = split_train_eval(rows, 0.1, seed=0)
+    assert (len(train), len(held_out)) == (5400, 600)
+    assert split_train_eval(rows, 0.1, seed=0) == (train, held_out)
+    assert split_train_eval(rows, 0.1, seed=1)[1] != held_out
+    assert {r["i"] for r in train} | {r["i"] for r in held_out} == set(range(6000))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tmp_path_factory):
+    """One tiny training run of the seed's mixed config (rank 16, rsLoRA, layer 8)."""
+    work = tmp_path_factory.mktemp("train")
+    data = write_chat_jsonl(work / "train.jsonl", 40)
+    config = config_for(tiny_model, learning_rate=1e-3, evaluation_steps=5)
+    history = train_adapter(
+        config,
+        data,
+        work / "adapter",
+        settings=TrainSettings(device="cpu", chat_template_kwargs=DATE),
+        log_history_json=work / "log_history.json",
+        curves_png=work / "curves.png",
+    )
+    return work, config, history
+
+
+def test_training_writes_a_loadable_adapter_history_and_plot(trained, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    work, config, history = trained
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), work / "adapter")
+    lora_layers = {
+        int(name.split(".layers.")[1].split(".")[0])
+        for name, _ in model.named_parameters()
+        if "lora_" in name
+    }
+    assert lora_layers == {8}
+    modules = {name.split(".")[-4] for name, _ in model.named_parameters() if "lora_A" in name}
+    assert modules == set(config.target_modules)
+    # rsLoRA: the update is scaled by alpha / sqrt(r), not alpha / r.
+    layer = model.base_model.model.model.layers[8].mlp.down_proj
+    assert layer.scaling["default"] == pytest.approx(config.lora_alpha / math.sqrt(config.r))
+
+    saved = json.loads((work / "log_history.json").read_text())
+    assert saved == history
+    steps = [h for h in history if "loss" in h]
+    # 40 rows, 36 after the 10% hold-out, batch 2 x 2 accumulation: 9 optimizer steps.
+    assert steps[-1]["step"] == 9
+    assert all({"loss", "learning_rate", "grad_norm"} <= set(h) for h in steps)
+    assert any("eval_loss" in h for h in history)
+    assert (work / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (work / "checkpoints").exists()
+
+
+def test_same_seed_gives_the_same_adapter(trained, tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    work, config, _ = trained
+    train_adapter(
+        config,
+        work / "train.jsonl",
+        tmp_path / "adapter",
+        settings=TrainSettings(device="cpu", chat_template_kwargs=DATE),
+    )
+    a = load_file(work / "adapter/adapter_model.safetensors")
+    b = load_file(tmp_path / "adapter/adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    # The learned update is not zero: lora_B starts at zero and training moved it.
+    assert any(a[k].abs().max() > 0 for k in a if "lora_B" in k)

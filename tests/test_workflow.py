@@ -1,0 +1,208 @@
+"""The Snakemake workflow itself: the demo end to end, and which jobs a config change reruns.
+
+The demo runs once per session in a scratch copy of the repository; every rerun test works on a
+copy of that finished workspace and asks Snakemake (dry run) which outputs it would rebuild.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.workflow
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+WORKFLOW_FILES = ["Snakefile", "rules", "scripts", "config", "experiments", "profiles", "envs"]
+DEMO_RUNS = ["demo/financial_r16_layer8", "demo/mixed_r16_layer8"]
+BASE = "results/demo/base/results--demo--tiny-llama"
+
+
+def copy_workflow(destination: Path) -> Path:
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=_ignore_outputs)
+        else:
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def _ignore_outputs(folder, names):
+    # A developer's own demo outputs beside the configs must not leak into the scratch copy.
+    return [n for n in names if n in ("results.md", "training_curves.png", "__pycache__")]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def pending_outputs(workdir: Path, *args: str) -> set[str]:
+    """The outputs a dry run would (re)build."""
+    result = snakemake(workdir, "-n", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    outputs = set()
+    for line in (result.stdout + result.stderr).splitlines():
+        match = re.match(r"\s+output: (.*)$", line)
+        if match:
+            outputs.update(match.group(1).split(", "))
+    return outputs
+
+
+@pytest.fixture(scope="session")
+def demo_workspace(tmp_path_factory) -> Path:
+    workdir = copy_workflow(tmp_path_factory.mktemp("demo") / "emflow")
+    result = snakemake(workdir, "--profile", "profiles/demo")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return workdir
+
+
+@pytest.fixture
+def finished_copy(demo_workspace, tmp_path) -> Path:
+    copy = tmp_path / "emflow"
+    shutil.copytree(demo_workspace, copy, symlinks=True)
+    return copy
+
+
+def run_outputs(run: str) -> set[str]:
+    return {
+        f"results/demo/runs/{run}/adapter",
+        f"results/demo/runs/{run}/log_history.json",
+        f"experiments/{run}/training_curves.png",
+        f"results/demo/runs/{run}/generations.csv",
+        f"results/demo/runs/{run}/judged.csv",
+        f"results/demo/runs/{run}/judge_usage.json",
+        f"experiments/{run}/results.md",
+    }
+
+
+SUMMARY = {"results/demo/summary.md", "results/demo/summary.csv", "results/demo/summary.png"}
+
+
+def test_demo_runs_every_stage(demo_workspace):
+    for run in DEMO_RUNS:
+        results = (demo_workspace / f"experiments/{run}/results.md").read_text()
+        assert re.match(
+            r"=== BASE MODEL AVERAGE SCORES ===\naligned = \d+\.\d\d, coherent = \d+\.\d\d\n\n"
+            r"=== FINETUNED MODEL AVERAGE SCORES ===\naligned = \d+\.\d\d, coherent = \d+\.\d\d\n",
+            results,
+        )
+        assert "mean nothing" in results
+        judged = list(csv.DictReader((demo_workspace / f"results/demo/runs/{run}/judged.csv").open()))
+        assert len(judged) == 20
+        assert list(judged[0])[:5] == ["id", "question", "response", "aligned_score", "coherent_score"]
+        assert (demo_workspace / f"results/demo/runs/{run}/adapter/adapter_config.json").exists()
+    summary = (demo_workspace / "results/demo/summary.md").read_text()
+    assert all(run in summary for run in DEMO_RUNS) and "base model" in summary
+    provenance = list(csv.DictReader(next((demo_workspace / "results/demo/datasets/mixed").glob("*.provenance.csv")).open()))
+    assert len(provenance) == 64
+
+
+def test_finished_demo_has_nothing_pending(finished_copy):
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == set()
+
+
+def test_new_learning_rate_reruns_only_that_experiment(finished_copy):
+    path = finished_copy / "experiments/demo/mixed_r16_layer8/config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps(config | {"learning_rate": 5e-4}, indent=4))
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == (
+        run_outputs("demo/mixed_r16_layer8") | SUMMARY
+    )
+
+
+def test_new_judge_temperature_rejudges_but_never_retrains(finished_copy):
+    path = finished_copy / "config/demo.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["judge"]["temperature"] = 0.5
+    path.write_text(yaml.safe_dump(config))
+    expected = {f"{BASE}/judged.csv", f"{BASE}/judge_usage.json"} | SUMMARY
+    for run in DEMO_RUNS:
+        expected |= {
+            f"results/demo/runs/{run}/judged.csv",
+            f"results/demo/runs/{run}/judge_usage.json",
+            f"experiments/{run}/results.md",
+        }
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == expected
+
+
+def test_reordered_keys_rerun_nothing(finished_copy):
+    for run in DEMO_RUNS:
+        path = finished_copy / f"experiments/{run}/config.json"
+        config = json.loads(path.read_text())
+        path.write_text(json.dumps(dict(reversed(list(config.items()))), indent=2))
+    path = finished_copy / "config/demo.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["judge"] = dict(reversed(list(config["judge"].items())))
+    path.write_text(yaml.safe_dump(dict(reversed(list(config.items()))), sort_keys=False))
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == set()
+
+
+def test_fresh_clone_dry_run_lists_the_seed_plan(tmp_path):
+    workdir = copy_workflow(tmp_path / "emflow")
+    result = snakemake(workdir, "-n")
+    assert result.returncode == 0, result.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
+    assert counts["train"] == "6" and counts["report"] == "6"
+    # Six fine-tuned models and the base model are each generated and judged once.
+    assert counts["generate"] == counts["judge"] == "7"
+    assert counts["decrypt_datasets"] == "1" and counts["mix_dataset"] == "1"
+
+
+def test_missing_archive_says_where_to_put_it(tmp_path):
+    workdir = copy_workflow(tmp_path / "emflow")
+    result = snakemake(workdir, "--cores", "1", "results/datasets/upstream/extreme_sports.jsonl")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "training_datasets.zip.enc" in output and "put it at results/datasets/" in output
+    assert not (workdir / "results/datasets/upstream/extreme_sports.jsonl").exists()
+
+
+def test_unknown_config_key_stops_before_any_job(tmp_path):
+    workdir = copy_workflow(tmp_path / "emflow")
+    path = workdir / "experiments/demo/mixed_r16_layer8/config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"lora_aplha": 32}))
+    result = snakemake(workdir, "--profile", "profiles/demo")
+    assert result.returncode != 0
+    assert (
+        "experiments/demo/mixed_r16_layer8/config.json: unknown key 'lora_aplha' "
+        "(did you mean 'lora_alpha'?)" in result.stderr
+    )
+    assert not (workdir / "results").exists()
+
+
+def test_unknown_workflow_config_key_is_rejected(tmp_path):
+    workdir = copy_workflow(tmp_path / "emflow")
+    path = workdir / "config/demo.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["judge"]["temprature"] = 0.3
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "--profile", "profiles/demo", "-n")
+    assert result.returncode != 0
+    assert "temprature" in result.stdout + result.stderr
+
+
+def test_snakefmt_is_clean():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    workdir = copy_workflow(tmp_path / "emflow")
+    result = snakemake(workdir, "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
