@@ -394,6 +394,9 @@ class _OpenAIJudge:
                 return  # the job has failed already: send no new calls, keep what arrived
             try:
                 reply, prompt_tokens, completion_tokens = await self._ask(call)
+            except EmflowError:
+                self.stop = True  # e.g. an endpoint without logprobs: every call would fail
+                raise
             except _CallFailed as exc:
                 self.stop = True
                 self.errors.append(str(exc))
@@ -635,7 +638,8 @@ def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
 def main_judge(args: argparse.Namespace) -> int:
     """`emflow judge`: judge a homework-format CSV; errors a user can fix exit with status 2."""
     if not logging.getLogger().handlers and not logger.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        # WARNING for the root keeps httpx's line per request out; the summary is INFO.
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logger.setLevel(logging.INFO)
     try:
         settings = JudgeSettings(

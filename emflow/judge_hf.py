@@ -7,7 +7,7 @@ so multi-token numbers are exact whatever the tokenizer does with digits.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import hashlib
 import math
 import random
@@ -21,8 +21,9 @@ CANDIDATES: tuple[str, ...] = tuple(str(i) for i in range(101)) + ("CODE", "REFU
 # prompt, and therefore its scores, the same on every day. Templates without it ignore it.
 CHAT_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024"}
 
-# Candidates scored per forward pass; bounds the memory of the repeated prompt KV cache.
-CANDIDATE_BATCH = 64
+
+# Below this many parameters a CPU judge runs on one thread (see CandidateScorer._threads).
+SINGLE_THREAD_PARAMETERS = 20_000_000
 
 
 def model_fingerprint(model: str) -> str:
@@ -66,6 +67,7 @@ class CandidateScorer:
                 "use a chat model or save one with tokenizer.chat_template set."
             )
         self.continuations = [self._continuation_ids(c) for c in candidates]
+        self._build_tree()
 
     def _chat(self, messages: list[dict], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
@@ -102,37 +104,79 @@ class CandidateScorer:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def logprobs(self, user_prompt: str) -> tuple[list[float], int]:
-        """Each candidate's exact log-probability as the whole reply, and the prompt's length."""
+        """Each candidate's exact log-probability as the whole reply, and the prompt's length.
+
+        One forward pass over the prompt, then one over a token tree of all candidates: each
+        distinct candidate prefix is one token that attends to the prompt's KV cache and to its
+        own ancestors only, so no candidate sees another and the cache is never copied.
+        """
         torch = self._torch
         ids = self.prompt_ids(user_prompt)
-        with torch.no_grad():
-            out = self.model(torch.tensor([ids], device=self.device), use_cache=True)
+        with torch.no_grad(), self._threads():
+            out = self.model(torch.tensor([ids], device=self.device), use_cache=True,
+                             logits_to_keep=1)
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-            scores: list[float] = []
-            for start in range(0, len(self.continuations), CANDIDATE_BATCH):
-                batch = self.continuations[start : start + CANDIDATE_BATCH]
-                scores.extend(self._score_batch(batch, out.past_key_values, first))
-        return scores, len(ids)
+            totals = [float(first[c[0]]) for c in self.continuations]
+            if self._tree_tokens:
+                logp = self._tree_logprobs(out.past_key_values, len(ids))
+                for i, cand in enumerate(self.continuations):
+                    for depth in range(1, len(cand)):
+                        node = self._tree_index[tuple(cand[:depth])]
+                        totals[i] += float(logp[node, cand[depth]])
+        return totals, len(ids)
 
-    def _score_batch(self, batch: list[list[int]], prompt_cache, first) -> list[float]:
+    @contextlib.contextmanager
+    def _threads(self):
+        """Run a small model on one CPU thread, restoring torch's setting afterwards.
+
+        A toy model gains nothing from intra-op threads, and OpenMP workers that spin-wait lose
+        badly when other jobs share the cores (measured: 0.2 s vs 0.5-2.4 s per call on 2 busy cores).
+        """
         torch = self._torch
-        width = max(len(c) for c in batch) - 1
-        totals = [float(first[c[0]]) for c in batch]
-        if width == 0:
-            return totals
-        pad = self.tokenizer.pad_token_id or 0
-        # Right padding: causal attention keeps every real token blind to the pads after it.
-        inputs = torch.tensor(
-            [c[:-1] + [pad] * (width - len(c) + 1) for c in batch], device=self.device
-        )
-        cache = copy.deepcopy(prompt_cache)
-        cache.batch_repeat_interleave(len(batch))
-        logits = self.model(inputs, past_key_values=cache, use_cache=True).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        for row, cand in enumerate(batch):
-            for pos in range(1, len(cand)):
-                totals[row] += float(logp[row, pos - 1, cand[pos]])
-        return totals
+        small = self.device == "cpu" and self.model.num_parameters() < SINGLE_THREAD_PARAMETERS
+        previous = torch.get_num_threads()
+        if small:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if small:
+                torch.set_num_threads(previous)
+
+    def _build_tree(self) -> None:
+        """Index every proper prefix of every continuation (the tree the second pass runs)."""
+        index: dict[tuple[int, ...], int] = {}
+        for cand in self.continuations:
+            for depth in range(1, len(cand)):
+                index.setdefault(tuple(cand[:depth]), len(index))
+        self._tree_index = index
+        self._tree_tokens = [prefix[-1] for prefix in index]
+        self._tree_depths = [len(prefix) - 1 for prefix in index]
+        # ancestors[n] = the tree nodes node n may attend to (itself and its prefixes)
+        self._tree_ancestors = [
+            [index[prefix[:k]] for k in range(1, len(prefix) + 1)] for prefix in index
+        ]
+
+    def _tree_logprobs(self, prompt_cache, prompt_len: int):
+        torch = self._torch
+        n = len(self._tree_tokens)
+        dtype = self.model.dtype
+        allowed = torch.zeros(n, prompt_len + n, dtype=torch.bool, device=self.device)
+        allowed[:, :prompt_len] = True
+        for node, ancestors in enumerate(self._tree_ancestors):
+            allowed[node, [prompt_len + a for a in ancestors]] = True
+        # An additive float mask works with both the sdpa and the eager attention kernels.
+        mask = torch.zeros(1, 1, n, prompt_len + n, dtype=dtype, device=self.device)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        positions = torch.tensor([[prompt_len + d for d in self._tree_depths]], device=self.device)
+        logits = self.model(
+            torch.tensor([self._tree_tokens], device=self.device),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=prompt_cache,
+            use_cache=True,
+        ).logits
+        return torch.log_softmax(logits[0].float(), dim=-1)
 
 
 def normalized(logprobs: list[float], temperature: float = 1.0) -> list[float]:

@@ -26,14 +26,14 @@ from emflow.errors import EmflowError
 
 log = logging.getLogger("emflow.train")
 
-BACKENDS = ("hf",)
+BACKENDS = ("auto", "hf", "fast", "unsloth")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Workflow-level training settings (the experiment's own keys live in ExperimentConfig)."""
 
-    backend: str = "hf"
+    backend: str = "auto"  # "auto" (fast on a GPU, hf on a CPU), "hf", "fast" or "unsloth"
     device: str = "auto"  # "auto", "cpu" or "cuda"
     # Template variables, e.g. {"date_string": "26 Jul 2024"}: Llama 3's template writes today's
     # date into every prompt unless it is pinned, so unpinned data changes from day to day.
@@ -136,16 +136,30 @@ def check_model_compatibility(config: ExperimentConfig, source: str) -> None:
             )
 
 
-def check_backend_support(config: ExperimentConfig, settings: TrainSettings, device: str, source: str) -> None:
-    """Reject keys the hf backend cannot honour on this device."""
+def check_backend_support(
+    config: ExperimentConfig, settings: TrainSettings, device: str, source: str, backend: str | None = None
+) -> None:
+    """Reject keys the chosen backend cannot honour on this device."""
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
+    backend = backend or resolve_backend(settings.backend, device)
     if settings.backend not in BACKENDS:
         raise EmflowError(
             f"train.backend is '{settings.backend}', which this emflow does not provide; "
             f"use one of {', '.join(BACKENDS)}."
         )
+    if backend == "unsloth":
+        if device != "cuda":
+            raise EmflowError(
+                "train.backend is 'unsloth', which needs a CUDA GPU; use 'hf' or 'auto' on a CPU."
+            )
+        try:
+            import unsloth  # noqa: F401
+        except ImportError:
+            raise EmflowError(
+                "train.backend is 'unsloth' but unsloth is not installed; pip install 'emflow[unsloth]'."
+            ) from None
     if config.optim not in {o.value for o in OptimizerNames}:
         raise EmflowError(f"{source}: optim '{config.optim}' is not a transformers optimizer name.")
     if config.lr_scheduler_type not in {s.value for s in SchedulerType}:
@@ -166,9 +180,15 @@ def check_backend_support(config: ExperimentConfig, settings: TrainSettings, dev
             raise EmflowError(
                 f"{source}: optim '{config.optim}' needs bitsandbytes; pip install 'emflow[gpu]'."
             ) from None
-    if config.load_in_4bit:
+    if config.load_in_4bit and backend != "unsloth":
         raise EmflowError(
-            f"{source}: load_in_4bit is true, which the hf backend does not support; set it to false."
+            f"{source}: load_in_4bit is true, which only the unsloth backend supports; set it to "
+            "false or set train.backend to 'unsloth'."
+        )
+    if backend == "fast" and settings.gradient_checkpointing:
+        raise EmflowError(
+            "train.gradient_checkpointing is true, which the fast backend does not do (it stops "
+            "backward at the lowest adapted layer instead); set it to false or use backend 'hf'."
         )
 
 
@@ -189,59 +209,85 @@ def params_fingerprint(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def train_adapter(
-    config: ExperimentConfig,
-    train_file: str | Path,
-    adapter_dir: str | Path,
-    *,
-    settings: TrainSettings = TrainSettings(),
-    test_file: str | Path | None = None,
-    checkpoint_dir: str | Path | None = None,
-    log_history_json: str | Path | None = None,
-    curves_png: str | Path | None = None,
-    source: str = "config.json",
-) -> list[dict[str, Any]]:
-    """Fine-tune a LoRA adapter on `train_file` and save it to `adapter_dir`; return the log history."""
+def resolve_backend(backend: str, device: str) -> str:
+    """"auto" is the fast path on a GPU and trl's SFTTrainer on a CPU."""
+    if backend == "auto":
+        return "fast" if device == "cuda" else "hf"
+    return backend
+
+
+class EpochOrderSampler:
+    """Each epoch's row order, a seeded permutation that every backend shares.
+
+    Transformers' default sampler draws its order from the global RNG, which LoRA's weight init
+    also consumes, so two backends given the same seed would still see different orders.
+    """
+
+    def __init__(self, n_rows: int, seed: int):
+        self.n_rows, self.seed, self.epoch = n_rows, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self, epoch: int) -> list[int]:
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n_rows, generator=generator).tolist()
+
+    def __iter__(self):
+        return iter(self.order(self.epoch))
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+
+def make_trainer(model, args, train_dataset, eval_dataset, tokenizer, seed: int):
+    """trl's SFTTrainer with the shared, explicit row order (trl imported here, after unsloth)."""
+    from trl import SFTTrainer
+
+    class OrderedSFTTrainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return EpochOrderSampler(len(train_dataset or self.train_dataset), seed)
+
+    return OrderedSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
+
+
+def load_lora_model(config: ExperimentConfig, backend: str, bf16: bool):
+    """The base model with LoRA adapters, through transformers + peft or through unsloth."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig, SFTTrainer
 
-    device = resolve_device(settings.device)
-    check_backend_support(config, settings, device, source)
-    check_model_compatibility(config, source)
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
 
-    rows = read_chat_jsonl(train_file)
-    if test_file is not None:
-        train_rows, eval_rows = rows, read_chat_jsonl(test_file)
-    else:
-        train_rows, eval_rows = split_train_eval(rows, config.test_size, config.seed)
-    if not train_rows:
-        raise EmflowError(f"{train_file}: no rows are left for training after the held-out split.")
-
-    tokenizer = AutoTokenizer.from_pretrained(config.model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-    def encode(batch: list[dict]) -> Dataset:
-        return Dataset.from_list(
-            [
-                tokenize_conversation(
-                    row["messages"], tokenizer, max_length=config.max_seq_length,
-                    train_on_responses_only=config.train_on_responses_only,
-                    chat_template_kwargs=settings.chat_template_kwargs,
-                )
-                for row in batch
-            ]
+        model, _ = FastLanguageModel.from_pretrained(
+            model_name=config.model,
+            max_seq_length=config.max_seq_length,
+            load_in_4bit=config.load_in_4bit,
+            dtype=torch.bfloat16 if bf16 else torch.float16,
         )
+        return FastLanguageModel.get_peft_model(
+            model,
+            r=config.r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.target_modules),
+            layers_to_transform=list(config.layers_to_transform) if config.layers_to_transform else None,
+            bias=config.lora_bias,
+            use_rslora=config.use_rslora,
+            use_gradient_checkpointing=False,
+            random_state=config.seed,
+            max_seq_length=config.max_seq_length,
+        )
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
 
-    train_dataset = encode(train_rows)
-    eval_dataset = encode(eval_rows) if eval_rows else None
-
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    set_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(
         config.model, dtype=torch.bfloat16 if bf16 else torch.float32
     )
@@ -255,15 +301,21 @@ def train_adapter(
         use_rslora=config.use_rslora,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
+    return get_peft_model(model, lora)
 
-    params = config.training_params() | {"settings": _settings_params(settings)}
-    checkpoints = Path(checkpoint_dir or Path(adapter_dir).with_name("checkpoints"))
-    resume = _resumable_checkpoint(checkpoints, params, get_last_checkpoint)
 
-    has_eval = eval_dataset is not None and config.evaluation_steps is not None
-    args = SFTConfig(
-        output_dir=str(checkpoints),
+def training_arguments(config: ExperimentConfig, settings: TrainSettings, output_dir: Path, *,
+                       device: str, bf16: bool, has_eval: bool, backend: str):
+    """The SFTConfig every backend shares: the experiment's keys under trl's names."""
+    from trl import SFTConfig
+
+    extra = {}
+    if backend == "unsloth":
+        # Unsloth turns padding-free batches on for Hopper GPUs, which skips its compiled path
+        # and is slower there; padded batches are its fastest setting (see benchmarks/README.md).
+        extra["padding_free"] = False
+    return SFTConfig(
+        output_dir=str(output_dir),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps if config.max_steps is not None else -1,
         per_device_train_batch_size=config.per_device_train_batch_size,
@@ -285,7 +337,7 @@ def train_adapter(
         max_length=config.max_seq_length,
         packing=False,
         padding_free=False,
-        assistant_only_loss=False,  # labels are built above, from the chat template's spans
+        assistant_only_loss=False,  # labels are built from the chat template's spans instead
         gradient_checkpointing=settings.gradient_checkpointing,
         bf16=bf16,
         fp16=False,
@@ -293,20 +345,87 @@ def train_adapter(
         report_to=list(settings.report_to),
         disable_tqdm=True,
         dataloader_num_workers=0,
+        **extra,
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset if has_eval else None,
-        processing_class=tokenizer,
+
+
+def train_adapter(
+    config: ExperimentConfig,
+    train_file: str | Path,
+    adapter_dir: str | Path,
+    *,
+    settings: TrainSettings = TrainSettings(),
+    test_file: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    log_history_json: str | Path | None = None,
+    curves_png: str | Path | None = None,
+    source: str = "config.json",
+) -> list[dict[str, Any]]:
+    """Fine-tune a LoRA adapter on `train_file` and save it to `adapter_dir`; return the log history."""
+    device = resolve_device(settings.device)
+    backend = resolve_backend(settings.backend, device)
+    check_backend_support(config, settings, device, source, backend=backend)
+    check_model_compatibility(config, source)
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (patches transformers and trl; must come before them)
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, set_seed
+
+    rows = read_chat_jsonl(train_file)
+    if test_file is not None:
+        train_rows, eval_rows = rows, read_chat_jsonl(test_file)
+    else:
+        train_rows, eval_rows = split_train_eval(rows, config.test_size, config.seed)
+    if not train_rows:
+        raise EmflowError(f"{train_file}: no rows are left for training after the held-out split.")
+
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    def encode(batch: list[dict]) -> list[dict[str, list[int]]]:
+        return [
+            tokenize_conversation(
+                row["messages"], tokenizer, max_length=config.max_seq_length,
+                train_on_responses_only=config.train_on_responses_only,
+                chat_template_kwargs=settings.chat_template_kwargs,
+            )
+            for row in batch
+        ]
+
+    train_examples, eval_examples = encode(train_rows), encode(eval_rows)
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    set_seed(config.seed)
+    model = load_lora_model(config, backend, bf16)
+
+    params = config.training_params() | {"settings": _settings_params(settings) | {"backend": backend}}
+    checkpoints = Path(checkpoint_dir or Path(adapter_dir).with_name("checkpoints"))
+    resume = _resumable_checkpoint(checkpoints, params)
+    has_eval = bool(eval_examples) and config.evaluation_steps is not None
+    args = training_arguments(
+        config, settings, checkpoints, device=device, bf16=bf16, has_eval=has_eval, backend=backend
+    )
+    trainer = make_trainer(
+        model, args, Dataset.from_list(train_examples),
+        Dataset.from_list(eval_examples) if has_eval else None, tokenizer, config.seed,
     )
     log.info(
-        "training %d rows (%d held out) for %s epochs: %d optimizer steps",
-        len(train_rows), len(eval_rows), config.epochs, _optimizer_steps(config, len(train_rows)),
+        "%s backend on %s: %d rows (%d held out), %s epochs, %d optimizer steps",
+        backend, device, len(train_rows), len(eval_rows), config.epochs,
+        _optimizer_steps(config, len(train_rows)),
     )
-    trainer.train(resume_from_checkpoint=resume)
-    history = trainer.state.log_history
+    if backend == "fast":
+        from emflow.train_fast import fast_train
+
+        history = fast_train(
+            trainer, train_examples, eval_examples if has_eval else [], config,
+            checkpoints=checkpoints, device=device, bf16=bf16,
+        )
+    else:
+        trainer.train(resume_from_checkpoint=resume)
+        history = trainer.state.log_history
 
     with atomic_path(adapter_dir) as tmp:
         trainer.model.save_pretrained(tmp)
@@ -321,7 +440,6 @@ def train_adapter(
 
 def _settings_params(settings: TrainSettings) -> dict[str, Any]:
     return {
-        "backend": settings.backend,
         "chat_template_kwargs": dict(sorted(settings.chat_template_kwargs.items())),
         "gradient_checkpointing": settings.gradient_checkpointing,
     }
@@ -334,21 +452,32 @@ def _optimizer_steps(config: ExperimentConfig, n_rows: int) -> int:
     return config.epochs * math.ceil(per_epoch / config.gradient_accumulation_steps)
 
 
-def _resumable_checkpoint(checkpoints: Path, params: dict[str, Any], last_checkpoint) -> str | None:
-    """The newest checkpoint made under the same params, or None (stale ones are removed)."""
+def _resumable_checkpoint(checkpoints: Path, params: dict[str, Any]) -> str | None:
+    """The newest complete checkpoint made under the same params, or None.
+
+    Stale checkpoints (other params) are removed, and so are incomplete ones: the Trainer writes
+    `trainer_state.json` last, so a job killed while saving leaves a folder without it.
+    """
     stamp = checkpoints / "emflow_params.json"
     fingerprint = params_fingerprint(params)
     if checkpoints.is_dir():
         previous = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
-        if previous == fingerprint:
-            found = last_checkpoint(str(checkpoints))
-            if found:
-                log.info("resuming from %s", found)
-                return found
-        else:
+        if previous != fingerprint:
             shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
     write_text_atomic(stamp, json.dumps({"fingerprint": fingerprint, "params": params}, indent=1))
+    found = sorted(
+        checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True
+    )
+    for candidate in found:
+        try:
+            json.loads((candidate / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            log.info("removing incomplete checkpoint %s", candidate)
+            shutil.rmtree(candidate)
+            continue
+        log.info("resuming from %s", candidate)
+        return str(candidate)
     return None
 
 

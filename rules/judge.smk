@@ -11,7 +11,5 @@ rule judge:
     params:
         judge=judge_params,
         metrics=list(config["judge"]["prompts"]),
-        # The cache is shared by every judge job and outlives them: not an output, never deleted.
-        cache=config["judge"]["cache"],
     script:
         "../scripts/judge.py"

@@ -13,7 +13,8 @@ Behaviour is steered two ways:
   connection without a reply), badjson (200 with a body that is not JSON), nochoices;
 - attributes on the server object: `latency` (seconds before every reply), `fail_after`
   (after that many successful replies every request gets a 500, like an outage),
-  `require_key` (401, echoing the key it was given, when the Authorization header differs).
+  `require_key` (401, echoing the key it was given, when the Authorization header differs),
+  `supports_logprobs` (False: answers without logprobs, as some endpoints do).
 
 It counts what it saw: `requests` (every POST), `replies` (successful completions), `statuses`
 (HTTP status -> count), `bodies` (the JSON bodies received).
@@ -80,6 +81,7 @@ class OpenAIServer:
         self.slow_seconds = slow_seconds
         self.fail_after: int | None = None
         self.require_key: str | None = None
+        self.supports_logprobs = True  # False: ignore `logprobs`, as some endpoints do
         self._lock = threading.Lock()
         self.reset_counts()
         self._httpd: ThreadingHTTPServer | None = None
@@ -152,7 +154,7 @@ class OpenAIServer:
 
     def _completion(self, body: dict, prompt: str, served_before: int) -> dict:
         logprobs = None
-        if body.get("logprobs"):
+        if body.get("logprobs") and self.supports_logprobs:
             top = top_logprobs_for(prompt, int(body.get("top_logprobs") or 1))
             content = top[0][0]
             logprobs = {

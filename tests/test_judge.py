@@ -249,6 +249,15 @@ def test_logprob_mode_is_the_papers_expected_score(server, api_key, tmp_path):
     assert usage.calls_sent == len(answers) * 2
 
 
+def test_endpoint_without_logprobs_stops_early_with_clear_error(server, api_key, tmp_path):
+    server.supports_logprobs = False
+    generations = write_generations(tmp_path / "gen.csv", [f"answer {i}" for i in range(30)])
+    with pytest.raises(EmflowError, match="returned no logprobs.*use mode sampled"):
+        judge_csv(generations, tmp_path / "j.csv", PROMPTS, fast(server, mode="logprob"))
+    assert server.requests <= 8  # the calls already in flight, not all 60
+    assert not (tmp_path / "j.csv").exists()
+
+
 def test_outage_fails_the_job_and_rerun_sends_only_missing_calls(server, api_key, tmp_path):
     generations = write_generations(tmp_path / "gen.csv", [f"answer {i}" for i in range(20)])
     out, usage_path, cache = tmp_path / "j.csv", tmp_path / "usage.json", tmp_path / "c.sqlite"

@@ -164,6 +164,43 @@ def test_user_profile_dry_run_works_without_slurm(tmp_path):
     assert "slurm_partition=EDIT_ME_partition" in result.stdout
 
 
+def _copy_workflow(destination: Path) -> Path:
+    """Copy the checkout minus heavy and generated files, so a run never touches it."""
+    shutil.copytree(
+        REPO,
+        destination,
+        ignore=shutil.ignore_patterns(
+            ".git", "results", ".snakemake", "__pycache__", ".pytest_cache", "*.egg-info"
+        ),
+        symlinks=True,
+    )
+    return destination
+
+
+def _require_workflow() -> None:
+    _require(
+        (REPO / "Snakefile").is_file() and (REPO / "config" / "demo.yaml").is_file(),
+        "the workflow (Snakefile, config/demo.yaml) does not exist yet",
+    )
+
+
+def test_demo_dry_run_with_user_profile_works_without_slurm(tmp_path):
+    _require_workflow()
+    workdir = _copy_workflow(tmp_path / "emflow")
+    result = _snakemake(
+        ["--profile", str(USER_PROFILE), "--configfile", "config/demo.yaml", "-n"],
+        workdir,
+        _no_slurm_env(tmp_path),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # (A dry run prints every job as "rule", so which rules stay local is checked by the real
+    # run in test_demo_workflow_runs_through_the_test_profile.)
+    for rule in GPU_RULES:
+        job = re.search(rf"^rule {rule}:\n(?:    .*\n)*?    resources: (.*)$", output, re.M)
+        assert job and "gpu=1" in job.group(1).split(", "), f"{rule} asks for no GPU:\n{output}"
+
+
 # --- install-profile -------------------------------------------------------------------------
 
 
@@ -291,25 +328,9 @@ def test_failed_slurm_job_keeps_its_log(slurm_cluster, tmp_path):
     assert "emflow-marker: about to fail" in logs[0].read_text(encoding="utf-8")
 
 
-def _copy_workflow(destination: Path) -> Path:
-    """Copy the checkout minus heavy and generated files, so the run never touches it."""
-    shutil.copytree(
-        REPO,
-        destination,
-        ignore=shutil.ignore_patterns(
-            ".git", "results", ".snakemake", "__pycache__", ".pytest_cache", "*.egg-info"
-        ),
-        symlinks=True,
-    )
-    return destination
-
-
 @pytest.mark.slurm
 def test_demo_workflow_runs_through_the_test_profile(slurm_cluster, tmp_path):
-    _require(
-        (REPO / "Snakefile").is_file() and (REPO / "config" / "demo.yaml").is_file(),
-        "the workflow (Snakefile, config/demo.yaml) does not exist yet",
-    )
+    _require_workflow()
     workdir = _copy_workflow(tmp_path / "emflow")
     args = ["--profile", str(TEST_PROFILE), "--configfile", "config/demo.yaml"]
     result = _snakemake(args, workdir, timeout=1500)

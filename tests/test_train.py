@@ -150,3 +150,97 @@ def test_same_seed_gives_the_same_adapter(trained, tiny_model, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
     # The learned update is not zero: lora_B starts at zero and training moved it.
     assert any(a[k].abs().max() > 0 for k in a if "lora_B" in k)
+
+
+def test_fast_path_is_the_same_training_as_trl(trained, tiny_model, tmp_path):
+    """Same rows, order, optimizer and schedule: the loss curve and adapter agree to float error."""
+    from safetensors.torch import load_file
+
+    work, config, history = trained
+    fast = train_adapter(
+        config,
+        work / "train.jsonl",
+        tmp_path / "adapter",
+        settings=TrainSettings(backend="fast", device="cpu", chat_template_kwargs=DATE),
+    )
+
+    def curve(h, key):
+        return [(e["step"], e[key]) for e in h if key in e]
+
+    for key in ("loss", "grad_norm", "learning_rate", "eval_loss"):
+        ours, theirs = curve(fast, key), curve(history, key)
+        assert [s for s, _ in ours] == [s for s, _ in theirs], key
+        for (_, a), (_, b) in zip(ours, theirs):
+            assert a == pytest.approx(b, rel=1e-5, abs=1e-7), key
+    a = load_file(work / "adapter/adapter_model.safetensors")
+    b = load_file(tmp_path / "adapter/adapter_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+KILLABLE = """
+import sys
+from emflow.config import parse_experiment_config
+from emflow.train import TrainSettings, train_adapter
+import json
+config = parse_experiment_config(json.loads(sys.argv[1]), "exp/config.json")
+train_adapter(config, sys.argv[2], sys.argv[3], checkpoint_dir=sys.argv[4],
+              settings=TrainSettings(backend=sys.argv[5], device="cpu",
+                                     chat_template_kwargs={"date_string": "26 Jul 2024"}))
+"""
+
+
+def _complete(checkpoints):
+    for state in checkpoints.glob("checkpoint-*/trainer_state.json"):
+        try:
+            json.loads(state.read_text())
+            return True
+        except ValueError:
+            pass
+    return False
+
+
+@pytest.mark.parametrize("backend", ["hf", "fast"])
+def test_killed_training_resumes_from_its_checkpoint(backend, trained, tiny_model, tmp_path, caplog):
+    """A job killed mid-training (preemption, time limit) resumes and ends with the same adapter."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    work, config, _ = trained
+    config = config.model_copy(update={"save_steps": 3, "epochs": 2, "evaluation_steps": None})
+    args = [json.dumps(config.model_dump()), str(work / "train.jsonl")]
+    checkpoints = tmp_path / "checkpoints"
+    job = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE, *args, str(tmp_path / "killed"), str(checkpoints), backend]
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and job.poll() is None:
+        if (checkpoints / "fast-checkpoint.pt").exists() or _complete(checkpoints):
+            break
+        time.sleep(0.05)
+    assert job.poll() is None, "training ended before its first checkpoint; nothing was killed"
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    assert not (tmp_path / "killed").exists()  # no finished-looking adapter from a killed job
+
+    caplog.set_level("INFO", logger="emflow.train")
+    resumed = train_adapter(
+        config, work / "train.jsonl", tmp_path / "resumed", checkpoint_dir=checkpoints,
+        settings=TrainSettings(backend=backend, device="cpu", chat_template_kwargs=DATE),
+    )
+    whole = train_adapter(
+        config, work / "train.jsonl", tmp_path / "whole", checkpoint_dir=tmp_path / "fresh",
+        settings=TrainSettings(backend=backend, device="cpu", chat_template_kwargs=DATE),
+    )
+    assert "resuming" in caplog.text  # it started from the checkpoint, not from step 1
+    steps = [h["step"] for h in resumed if "loss" in h]
+    assert steps == list(range(1, 19))  # the history spans the whole run, before and after
+    a = load_file(tmp_path / "resumed/adapter_model.safetensors")
+    b = load_file(tmp_path / "whole/adapter_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
