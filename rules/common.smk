@@ -160,11 +160,13 @@ def generation_params(wildcards):
     )
 
 
+# What determines a judge's scores; the rest of config["judge"] (endpoint, concurrency, retries,
+# timeout, prices, cache) only changes how they are fetched or priced, so it reruns nothing.
+JUDGE_RESULT_KEYS = ("backend", "model", "mode", "temperature", "samples")
+
+
 def judge_params(wildcards):
-    settings = {
-        k: v for k, v in config["judge"].items() if k not in ("prompts", "cache")
-    }
-    return sorted_params(settings)
+    return sorted_params({k: config["judge"][k] for k in JUDGE_RESULT_KEYS})
 
 
 def get_judge_inputs(wildcards):
