@@ -10,6 +10,7 @@ Builds a random-weight model of Llama-3.2-1B's shape (same speed and memory as t
 - unsloth_default unsloth's FastLanguageModel + SFTTrainer with unsloth's own defaults;
 - unsloth_padded  the same with padding_free=False, unsloth's fastest setting on Hopper;
 - fast            emflow's fast path, the whole training (5 epochs, 1690 optimizer steps) for real;
+- fast_eager      the same without CUDA graphs;
 - equivalence     hf and fast from the same seed on the same rows: loss curves and adapters;
 - generation      20 questions x 1 sample x 200 tokens, and 20 x 50 x 600.
 
@@ -119,7 +120,7 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    backend = {"trl_default": "hf", "hf": "hf", "fast": "fast"}.get(variant, "unsloth")
+    backend = {"trl_default": "hf", "hf": "hf", "fast": "fast", "fast_eager": "fast"}.get(variant, "unsloth")
     workdir = Path(tempfile.mkdtemp())
 
     def new_trainer(cfg, settings, train_rows, seed_backend=None):
@@ -189,10 +190,11 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
     from emflow.train_fast import lowest_adapted_layer
 
     first = lowest_adapted_layer(trainer.model)
-    if variant == "fast":
+    if variant.startswith("fast"):
         sync()
         t0 = time.perf_counter()
-        history = fast_train(trainer, rows, [], config, checkpoints=workdir / "fast", device=device, bf16=cuda)
+        history = fast_train(trainer, rows, [], config, checkpoints=workdir / "fast", device=device,
+                             bf16=cuda, cuda_graphs=variant == "fast")
         sync()
         wall = time.perf_counter() - t0
         ms = 1000 * history[-1]["train_runtime"] / total_steps

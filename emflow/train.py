@@ -309,11 +309,6 @@ def training_arguments(config: ExperimentConfig, settings: TrainSettings, output
     """The SFTConfig every backend shares: the experiment's keys under trl's names."""
     from trl import SFTConfig
 
-    extra = {}
-    if backend == "unsloth":
-        # Unsloth turns padding-free batches on for Hopper GPUs, which skips its compiled path
-        # and is slower there; padded batches are its fastest setting (see benchmarks/README.md).
-        extra["padding_free"] = False
     return SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
@@ -336,6 +331,8 @@ def training_arguments(config: ExperimentConfig, settings: TrainSettings, output
         save_total_limit=2,
         max_length=config.max_seq_length,
         packing=False,
+        # Unsloth turns padding-free batches on for Hopper GPUs, which skips its compiled path
+        # and is slower there; padded batches are its fastest setting (benchmarks/README.md).
         padding_free=False,
         assistant_only_loss=False,  # labels are built from the chat template's spans instead
         gradient_checkpointing=settings.gradient_checkpointing,
@@ -345,7 +342,6 @@ def training_arguments(config: ExperimentConfig, settings: TrainSettings, output
         report_to=list(settings.report_to),
         disable_tqdm=True,
         dataloader_num_workers=0,
-        **extra,
     )
 
 

@@ -86,6 +86,60 @@ class _Model:
         return loss, keep.sum()
 
 
+    def dense_loss_sum(self, hidden, labels, position_ids):
+        """The same sum as `loss_sum`, over every position (ignored ones add zero): fixed shapes
+        for CUDA graphs, at the cost of running the head on prompt and padding positions too."""
+        import torch
+
+        rope = self.backbone.rotary_emb(hidden, position_ids)
+        for layer in self.layers[self.first :]:
+            hidden = layer(hidden, position_ids=position_ids, position_embeddings=rope)
+        logits = self.lm_head(self.backbone.norm(hidden[:, :-1])).float()
+        return torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
+        )
+
+
+class _GraphedSteps:
+    """Forward and backward of the adapted layers as CUDA graphs, one per padded row length.
+
+    At batch 16 and ~130 tokens a step is bound by launching kernels from Python, not by the
+    arithmetic; replaying a captured graph launches the whole step at once.
+    """
+
+    def __init__(self, parts: _Model, trainable, rows: int, bf16: bool):
+        self.parts, self.trainable, self.rows, self.bf16 = parts, trainable, rows, bf16
+        self.graphs: dict[int, Any] = {}
+
+    def _autocast(self):
+        import torch
+
+        # Graph capture needs autocast's weight-cast cache off.
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False)
+
+    def _capture(self, hidden, labels, positions):
+        import torch
+
+        parts, trainable = self.parts, self.trainable
+
+        class Step(torch.nn.Module):
+            def parameters(self, recurse=True):
+                return iter(trainable)
+
+            def forward(self, hidden, labels, positions):
+                return parts.dense_loss_sum(hidden, labels, positions)
+
+        with self._autocast():
+            return torch.cuda.make_graphed_callables(Step(), (hidden, labels, positions))
+
+    def loss_sum(self, hidden, labels, positions):
+        length = hidden.shape[1]
+        if length not in self.graphs:
+            self.graphs[length] = self._capture(hidden, labels, positions)
+        with self._autocast():
+            return self.graphs[length](hidden, labels, positions)
+
+
 def _pad(rows: list, length: int, value, dtype, device):
     import torch
 
@@ -108,6 +162,7 @@ def fast_train(
     checkpoints: Path,
     device: str,
     bf16: bool,
+    cuda_graphs: bool = True,
 ) -> list[dict[str, Any]]:
     """Train `trainer.model` with the fast path; return a log history shaped like the Trainer's."""
     import torch
@@ -157,6 +212,10 @@ def fast_train(
     log.info("fast path: layers below %d computed once for %d rows in %.1f s",
              parts.first, len(lengths), time.perf_counter() - t0)
 
+    graphed = None
+    if device == "cuda" and cuda_graphs:
+        graphed = _GraphedSteps(parts, trainable, rows_per_step, bf16)
+
     state = _load_checkpoint(checkpoints, model, optimizer, scheduler)
     step, history = state["step"], state["history"]
     pending: list[dict[str, Any]] = []  # GPU scalars, read back at logging points only
@@ -175,8 +234,18 @@ def fast_train(
         chosen = order_t[rows]
         gather = offsets_t[chosen][:, None] + positions[None]
         gather = torch.where(positions[None] < lengths_t[chosen][:, None], gather, total)
-        with autocast:
-            loss_sum, count = parts.loss_sum(flat_hidden[gather], flat_labels[gather], positions[None])
+        if graphed is not None:
+            if len(chosen) < rows_per_step:
+                # An epoch's short last step, topped up with empty rows (zero states, no labels):
+                # they add nothing to the loss and keep the graph's shape.
+                filler = gather.new_full((rows_per_step - len(chosen), length), total)
+                gather = torch.cat([gather, filler])
+            labels = flat_labels[gather]
+            loss_sum = graphed.loss_sum(flat_hidden[gather], labels, positions[None])
+            count = (labels[:, 1:] != -100).sum()
+        else:
+            with autocast:
+                loss_sum, count = parts.loss_sum(flat_hidden[gather], flat_labels[gather], positions[None])
         loss = loss_sum / count.clamp(min=1)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
