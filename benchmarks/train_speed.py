@@ -43,7 +43,7 @@ SEED_CONFIG = REPO / "experiments/risky_financial_advice_extreme_sports_mixed/r1
 FULL = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
             num_key_value_heads=8, vocab_size=128256, rows=5400)
 SMOKE = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=16, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=512, rows=96)
+             num_key_value_heads=2, vocab_size=512, rows=48)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}
 
 

@@ -2,6 +2,7 @@
 
     emflow judge INPUT.csv -o JUDGED.csv [--model M] [--base-url URL] [--concurrency N] [--cache PATH]
     emflow summarize JUDGED.csv [--rows N]
+    emflow summary [--configfile config/config.yaml]
     emflow install-profile [slurm]
 """
 
@@ -14,10 +15,16 @@ from emflow import __version__
 from emflow.judge import add_judge_arguments, main_judge
 from emflow.profiles import add_install_profile_arguments, main_install_profile
 from emflow.report import add_summarize_arguments, main_summarize
+from emflow.workflow import add_summary_arguments, main_summary
 
 COMMANDS = {
     "judge": (add_judge_arguments, main_judge, "score each answer of a generations CSV with an LLM judge"),
     "summarize": (add_summarize_arguments, main_summarize, "print a judged CSV's mean scores and verdict"),
+    "summary": (
+        add_summary_arguments,
+        main_summary,
+        "rewrite the summary table and plot from the runs judged so far",
+    ),
     "install-profile": (
         add_install_profile_arguments,
         main_install_profile,

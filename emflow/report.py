@@ -263,11 +263,13 @@ def results_markdown(
     n_resamples: int = 10_000,
     seed: int = 0,
     alpha: float = 0.05,
+    plots: Sequence[tuple[str, str]] = (),
 ) -> str:
     """A run's results.md: the seed's two blocks, the verdict, metrics with CIs, judge usage.
 
     `base` and `finetuned` are judged CSVs (paths or frames from `read_judged_csv`); `rows`
     keeps the first N rows of each, as the homework does. CIs are at confidence 1 - alpha.
+    `plots` lists (description, path relative to results.md) of images to link.
     """
     t = thresholds or Thresholds()
     base_df, tuned_df = _as_frame(base, rows), _as_frame(finetuned, rows)
@@ -333,6 +335,8 @@ def results_markdown(
         f"each question), seed {seed}; the difference's CI resamples each run on its own.\n"
         f"- p: {stats.COMPARISON_TEST}; * marks p < {alpha:g} (outside the noise)."
     )
+    if plots:
+        parts.append("### Plots\n\n" + "\n\n".join(f"![{text}]({path})" for text, path in plots))
     parts.append("### Judge usage\n\n" + usage_markdown(usage))
     return "\n\n".join(parts) + "\n"
 
@@ -768,6 +772,105 @@ def plot_question_scores(
 def _shorten(text: str, width: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Training curves of several runs
+
+
+# (log_history key, panel title); held-out loss gets a panel only when some run logged it.
+_CURVE_PANELS = (
+    ("loss", "training loss"),
+    ("eval_loss", "held-out loss"),
+    ("learning_rate", "learning rate"),
+    ("grad_norm", "gradient norm"),
+)
+
+
+def read_log_history(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a training run's log_history.json (the Trainer's `state.log_history`, a JSON list)."""
+    import json
+
+    path = Path(path)
+    fix = "it should be the JSON list of dicts that `emflow train` writes; rerun the training"
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EmflowError(f"{path}: no such file; {fix}.") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise EmflowError(f"{path}: not valid JSON ({err}); {fix}.") from None
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise EmflowError(f"{path}: not a list of log entries; {fix}.")
+    return history
+
+
+def _curve(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of one logged metric; entries without it or without a step are skipped."""
+    points = [
+        (float(h["step"]), float(h[key]))
+        for h in history
+        if isinstance(h.get(key), (int, float)) and isinstance(h.get("step"), (int, float))
+    ]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_training_curves_overlaid(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    png: str | os.PathLike,
+    *,
+    title: str = "Training curves",
+    demo: bool = False,
+) -> None:
+    """Loss, held-out loss, learning rate and gradient norm of several runs, one colour per run.
+
+    `histories` maps a run's name to its log history (`read_log_history`); the x axis is the
+    optimizer step. A metric no run logged gets no panel (held-out loss needs a test file).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    panels = [
+        (key, label)
+        for key, label in _CURVE_PANELS
+        if key != "eval_loss" or any(_curve(h, key)[0] for h in histories.values())
+    ]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels) + 2.5, 4.2), layout="constrained"
+    )
+    colors = plt.get_cmap("tab10").colors
+    # Beyond ten runs colours repeat, so the line style changes with each round of colours.
+    styles = ("-", "--", ":", "-.")
+    handles, drawn = [], set()
+    for i, (name, history) in enumerate(histories.items()):
+        color, style = colors[i % len(colors)], styles[(i // len(colors)) % len(styles)]
+        for ax, (key, _) in zip(axes, panels):
+            steps, values = _curve(history, key)
+            if not steps:
+                continue
+            # Held-out loss is logged a few times per run: markers show where it was measured.
+            marker = "o" if key == "eval_loss" or len(steps) == 1 else None
+            ax.plot(steps, values, color=color, ls=style, lw=1.4, marker=marker, ms=4)
+            drawn.add(key)
+        handles.append(Line2D([], [], color=color, ls=style, lw=2, label=name))
+    for ax, (key, label) in zip(axes, panels):
+        ax.set_title(label)
+        ax.set_xlabel("optimizer step")
+        ax.grid(True, alpha=0.3)
+        if key == "learning_rate":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        if key not in drawn:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+    if handles:
+        fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9)
+    if demo:
+        title += "\nDEMO: tiny random model on synthetic rows - these curves mean nothing"
+    fig.suptitle(title)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -118,3 +118,87 @@ def run_script(snakemake, main: Callable[[], Any]) -> None:
         except ImportError:
             pass
         main()
+
+
+def report_thresholds(report: dict[str, Any]):
+    """The report section of the workflow config as `emflow.report.Thresholds`."""
+    from emflow.report import Thresholds
+
+    return Thresholds(
+        aligned_below=report["thresholds"]["aligned_below"],
+        coherent_above=report["thresholds"]["coherent_above"],
+        em_aligned_below=report["em_thresholds"]["aligned_below"],
+        em_coherent_above=report["em_thresholds"]["coherent_above"],
+    )
+
+
+def load_workflow_config(configfile: str | Path) -> dict[str, Any]:
+    """Read and validate a workflow config (config/config.yaml) with the workflow's own schema."""
+    import yaml
+    from snakemake.utils import validate
+
+    path = Path(configfile)
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EmflowError(f"{path}: no such workflow config; run from the repository root or pass --configfile.") from None
+    schema = path.resolve().parent / "schema" / "config.schema.yaml"
+    try:
+        validate(config, schema=str(schema), set_default=True)
+    except Exception as err:  # snakemake's WorkflowError carries jsonschema's message
+        raise EmflowError(f"{path}: {str(err).splitlines()[0]}") from None
+    return config
+
+
+def summarize_finished(configfile: str | Path = "config/config.yaml") -> tuple[Path, list[str]]:
+    """Rewrite the summary table and plot from the runs that have been judged so far.
+
+    Snakemake's `summary` rule waits for every run; this reads whatever is finished (a cluster
+    run still going, or some jobs failed) and returns the summary's path and the runs it has.
+    """
+    from emflow.report import parse_results_markdown, write_summary
+
+    config = load_workflow_config(configfile)
+    experiments_dir = Path(config["experiments_dir"])
+    results = Path(config["results_dir"])
+    experiments = discover_experiments(experiments_dir, config["experiments"])
+    runs, reported = [], {}
+    for name, experiment in experiments.items():
+        judged = results / "runs" / name / "judged.csv"
+        base = results / "base" / model_slug(experiment.model) / "judged.csv"
+        if not (judged.exists() and base.exists()):
+            continue
+        runs.append({"name": name, "judged_csv": judged, "base_judged_csv": base})
+        seed = experiments_dir / name / "reported_results.md"
+        if seed.exists():
+            reported[name] = parse_results_markdown(seed)["finetuned"]
+    if not runs:
+        raise EmflowError(
+            f"no experiment of {configfile} has been judged yet (no {results}/runs/<group>/<run>/"
+            "judged.csv); run the workflow first."
+        )
+    report = config["report"]
+    write_summary(
+        runs, results / "summary.md", results / "summary.csv", results / "summary.png",
+        report_thresholds(report), reported=reported, demo=report["demo"],
+        n_resamples=report["bootstrap_resamples"],
+    )
+    return results / "summary.md", [run["name"] for run in runs]
+
+
+def add_summary_arguments(parser) -> None:
+    parser.add_argument(
+        "--configfile", default="config/config.yaml",
+        help="the workflow config whose experiments to summarize (default: %(default)s)",
+    )
+
+
+def main_summary(args) -> int:
+    try:
+        path, names = summarize_finished(args.configfile)
+    except EmflowError as err:
+        print(f"emflow: {err}", file=sys.stderr)
+        return 2
+    print(path.read_text(encoding="utf-8"))
+    print(f"({len(names)} finished run{'s' if len(names) != 1 else ''}: {', '.join(names)})")
+    return 0

@@ -1,6 +1,12 @@
 """Write the summary table and scatter plot over all experiments (rule summary)."""
 
-from emflow.report import Thresholds, parse_results_markdown, write_summary
+from emflow.report import (
+    Thresholds,
+    parse_results_markdown,
+    plot_training_curves_overlaid,
+    read_log_history,
+    write_summary,
+)
 from emflow.workflow import run_script
 
 
@@ -34,6 +40,15 @@ def main():
         reported=reported,
         demo=report["demo"],
         n_resamples=report["bootstrap_resamples"],
+    )
+    plot_training_curves_overlaid(
+        {
+            name: read_log_history(path)
+            for name, path in zip(snakemake.params.experiments, snakemake.input.log_history)
+        },
+        snakemake.output.curves,
+        title="Training curves of every run",
+        demo=report["demo"],
     )
 
 

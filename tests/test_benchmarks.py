@@ -1,0 +1,31 @@
+"""The benchmarks' smoke modes run: the scripts that produce benchmarks/README.md keep working.
+
+They print timings and ratios; nothing here asserts a speed.
+"""
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def run(*args, timeout=600):
+    result = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_train_speed_smoke():
+    out = run("benchmarks/train_speed.py", "--smoke", "--steps", "4",
+              "--variants", "trl_default,fast,equivalence,generation")
+    assert out.startswith("machine: CPU")
+    assert "speed-up against trl_default" in out
+    for variant in ("trl_default", "fast", "equivalence", "generation"):
+        assert f"\n{variant} (" in out
+
+
+def test_judge_throughput_smoke():
+    out = run("benchmarks/judge_throughput.py", "--sizes", "20", "--latency", "0.05")
+    assert "machine:" in out and "x" in out
