@@ -274,13 +274,7 @@ def load_lora_model(config: ExperimentConfig, backend: str, bf16: bool):
         )
         return FastLanguageModel.get_peft_model(
             model,
-            r=config.r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=list(config.target_modules),
-            layers_to_transform=list(config.layers_to_transform) if config.layers_to_transform else None,
-            bias=config.lora_bias,
-            use_rslora=config.use_rslora,
+            **lora_kwargs(config),
             use_gradient_checkpointing=False,
             random_state=config.seed,
             max_seq_length=config.max_seq_length,
@@ -291,17 +285,20 @@ def load_lora_model(config: ExperimentConfig, backend: str, bf16: bool):
     model = AutoModelForCausalLM.from_pretrained(
         config.model, dtype=torch.bfloat16 if bf16 else torch.float32
     )
-    lora = LoraConfig(
-        r=config.r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
-        layers_to_transform=list(config.layers_to_transform) if config.layers_to_transform else None,
-        bias=config.lora_bias,
-        use_rslora=config.use_rslora,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
+    return get_peft_model(model, LoraConfig(**lora_kwargs(config), task_type="CAUSAL_LM"))
+
+
+def lora_kwargs(config: ExperimentConfig) -> dict[str, Any]:
+    """The adapter's shape in peft's names (unsloth's get_peft_model takes the same)."""
+    return {
+        "r": config.r,
+        "lora_alpha": config.lora_alpha,
+        "lora_dropout": config.lora_dropout,
+        "target_modules": list(config.target_modules),
+        "layers_to_transform": list(config.layers_to_transform) if config.layers_to_transform else None,
+        "bias": config.lora_bias,
+        "use_rslora": config.use_rslora,
+    }
 
 
 def training_arguments(config: ExperimentConfig, settings: TrainSettings, output_dir: Path, *,
