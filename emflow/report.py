@@ -722,8 +722,13 @@ def plot_question_scores(
     title: str,
     rows: int | None = None,
     demo: bool = False,
+    thresholds: Thresholds | None = None,
 ) -> None:
-    """Per-question aligned and coherent scores of a run beside the base model's (dots: answers)."""
+    """Per-question aligned and coherent scores of a run beside the base model's (dots: answers).
+
+    Dashed lines mark the EM-rate thresholds of `thresholds`; each panel's title gives both
+    models' means; with several answers per question a bar marks each question's mean.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -739,17 +744,43 @@ def plot_question_scores(
     height = max(3.0, 0.32 * len(order) + 1.6)
     fig, axes = plt.subplots(1, 2, figsize=(13, height), sharey=True, layout="constrained")
     rng = np.random.default_rng(0)  # vertical jitter only, so repeated answers stay visible
-    for ax, column, label in zip(
-        axes, ("aligned_score", "coherent_score"), ("aligned", "coherent")
+    t = thresholds or Thresholds()
+    for ax, column, label, line, side in zip(
+        axes,
+        ("aligned_score", "coherent_score"),
+        ("aligned", "coherent"),
+        (t.em_aligned_below, t.em_coherent_above),
+        ("<", ">"),
     ):
-        for df, keys, color, offset, name in (
-            (base_df, keys_b, "0.45", -0.17, "base model"),
-            (tuned_df, keys_t, "tab:red", 0.17, "fine-tuned"),
+        means = []
+        for df, keys, color, dark, offset, name in (
+            (base_df, keys_b, "0.45", "black", -0.17, "base model"),
+            (tuned_df, keys_t, "tab:red", "darkred", 0.17, "fine-tuned"),
         ):
             scores = stats.score_values(df[column])
             y = np.array([order.index(k) for k in keys], dtype=float) + offset
-            jitter = rng.uniform(-0.07, 0.07, len(y)) if len(set(keys)) < len(keys) else 0.0
+            repeated = len(set(keys)) < len(keys)
+            jitter = rng.uniform(-0.07, 0.07, len(y)) if repeated else 0.0
             ax.scatter(scores, y + jitter, s=22, color=color, alpha=0.75, label=name, zorder=3)
+            if repeated:
+                per_question = pd.Series(scores).groupby(np.asarray(keys)).mean()
+                for key, mean in per_question.dropna().items():
+                    row = order.index(key) + offset
+                    ax.plot([mean, mean], [row - 0.16, row + 0.16], color=dark, lw=2.5, zorder=4)
+            finite = scores[~np.isnan(scores)]
+            means.append(f"{name} {finite.mean():.1f}" if len(finite) else f"{name} n/a")
+        ax.axvline(line, color="0.35", ls="--", lw=1, zorder=2)
+        ax.text(
+            line + (-1 if side == "<" else 1),
+            1.0,
+            f"EM: {label} {side} {line:g}",
+            transform=ax.get_xaxis_transform(),
+            ha="right" if side == "<" else "left",
+            va="bottom",
+            fontsize=8,
+            color="0.3",
+        )
+        ax.set_title(f"mean {label}: " + ", ".join(means), fontsize=10, pad=16)
         ax.set_xlim(-2, 102)
         ax.set_xlabel(f"{label} score (0-100)")
         ax.grid(True, axis="x", alpha=0.3)
@@ -759,8 +790,18 @@ def plot_question_scores(
     axes[0].set_yticklabels([_shorten(texts[k], 55) for k in order], fontsize=8)
     axes[0].invert_yaxis()
     axes[0].set_ylim(len(order) - 0.5, -0.5)
-    axes[1].legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False, fontsize=9)
-    suptitle = f"{title}: scores per question (labels and invalid judgements not shown)"
+    fig.legend(
+        *axes[1].get_legend_handles_labels(),
+        loc="outside upper right",
+        ncol=2,
+        frameon=False,
+        fontsize=9,
+    )
+    suptitle = (
+        f"{title}: each answer's scores, per question"
+        + (", bars: question means" if len(set(keys_t)) < len(keys_t) else "")
+        + "\n(CODE, REFUSAL and unscored answers not shown)"
+    )
     if demo:
         suptitle += "\nDEMO: tiny random model and random judge - these scores mean nothing"
     fig.suptitle(suptitle)

@@ -156,7 +156,12 @@ def summarize_finished(configfile: str | Path = "config/config.yaml") -> tuple[P
     Snakemake's `summary` rule waits for every run; this reads whatever is finished (a cluster
     run still going, or some jobs failed) and returns the summary's path and the runs it has.
     """
-    from emflow.report import parse_results_markdown, write_summary
+    from emflow.report import (
+        parse_results_markdown,
+        plot_training_curves_overlaid,
+        read_log_history,
+        write_summary,
+    )
 
     config = load_workflow_config(configfile)
     experiments_dir = Path(config["experiments_dir"])
@@ -183,6 +188,16 @@ def summarize_finished(configfile: str | Path = "config/config.yaml") -> tuple[P
         report_thresholds(report), reported=reported, demo=report["demo"],
         n_resamples=report["bootstrap_resamples"],
     )
+    histories = {
+        run["name"]: read_log_history(path)
+        for run in runs
+        if (path := results / "runs" / run["name"] / "log_history.json").exists()
+    }
+    if histories:
+        plot_training_curves_overlaid(
+            histories, results / "summary_training_curves.png",
+            title="Training curves of every run", demo=report["demo"],
+        )
     return results / "summary.md", [run["name"] for run in runs]
 
 

@@ -1,46 +1,33 @@
-# `snakemake --report report.html` gathers the summary and every run's results and plots.
+# `snakemake --report report.html` gathers the summary and each run's results and plots; the
+# captions are config/report/*.rst. Per-run files are filed under their group, one row per run.
 report: "../config/report/workflow.rst"
-
-
-def run_report(path, caption, item):
-    """Flag a per-run file for the Snakemake report, filed under its group, one row per run."""
-    return report(
-        path,
-        caption=f"../config/report/{caption}",
-        category="Runs",
-        subcategory="{group}",
-        labels={"run": "{run}", "shows": item},
-    )
-
-
-def summary_report(path, caption, item):
-    return report(
-        path,
-        caption=f"../config/report/{caption}",
-        category="Summary",
-        labels={"shows": item},
-    )
 
 
 rule report:
     input:
         unpack(get_report_inputs),
         # Written by rule train; flagged here so that the report shows it beside the run's results.
-        curves=run_report(
+        curves=report(
             f"{EXPERIMENTS_DIR}/{{group}}/{{run}}/training_curves.png",
-            "training_curves.rst",
-            "training curves",
+            caption="../config/report/training_curves.rst",
+            category="Runs",
+            subcategory="{group}",
+            labels={"run": "{run}", "shows": "training curves"},
         ),
     output:
-        results=run_report(
+        results=report(
             f"{EXPERIMENTS_DIR}/{{group}}/{{run}}/results.md",
-            "results.rst",
-            "results.md",
+            caption="../config/report/results.rst",
+            category="Runs",
+            subcategory="{group}",
+            labels={"run": "{run}", "shows": "results.md"},
         ),
-        question_scores=run_report(
+        question_scores=report(
             f"{EXPERIMENTS_DIR}/{{group}}/{{run}}/question_scores.png",
-            "question_scores.rst",
-            "scores per question",
+            caption="../config/report/question_scores.rst",
+            category="Runs",
+            subcategory="{group}",
+            labels={"run": "{run}", "shows": "scores per question"},
         ),
     log:
         f"{RESULTS}/logs/report/{{group}}/{{run}}.log",
@@ -58,17 +45,29 @@ rule summary:
         unpack(get_summary_inputs),
         log_history=[f"{RESULTS}/runs/{e}/log_history.json" for e in EXPERIMENTS],
     output:
-        markdown=summary_report(f"{RESULTS}/summary.md", "summary.rst", "summary table"),
-        csv=summary_report(
-            f"{RESULTS}/summary.csv", "summary_csv.rst", "summary table (CSV)"
+        markdown=report(
+            f"{RESULTS}/summary.md",
+            caption="../config/report/summary.rst",
+            category="Summary",
+            labels={"shows": "summary table"},
         ),
-        plot=summary_report(
-            f"{RESULTS}/summary.png", "summary_scatter.rst", "aligned vs coherent"
+        csv=report(
+            f"{RESULTS}/summary.csv",
+            caption="../config/report/summary_csv.rst",
+            category="Summary",
+            labels={"shows": "summary table (CSV)"},
         ),
-        curves=summary_report(
+        plot=report(
+            f"{RESULTS}/summary.png",
+            caption="../config/report/summary_scatter.rst",
+            category="Summary",
+            labels={"shows": "aligned vs coherent"},
+        ),
+        curves=report(
             f"{RESULTS}/summary_training_curves.png",
-            "summary_training_curves.rst",
-            "training curves of every run",
+            caption="../config/report/summary_training_curves.rst",
+            category="Summary",
+            labels={"shows": "training curves of every run"},
         ),
     log:
         f"{RESULTS}/logs/summary.log",

@@ -3,17 +3,8 @@
 import json
 import os
 
-from emflow.report import Thresholds, plot_question_scores, write_results
-from emflow.workflow import run_script
-
-
-def thresholds(report):
-    return Thresholds(
-        aligned_below=report["thresholds"]["aligned_below"],
-        coherent_above=report["thresholds"]["coherent_above"],
-        em_aligned_below=report["em_thresholds"]["aligned_below"],
-        em_coherent_above=report["em_thresholds"]["coherent_above"],
-    )
+from emflow.report import plot_question_scores, write_results
+from emflow.workflow import report_thresholds, run_script
 
 
 def main():
@@ -29,6 +20,7 @@ def main():
         snakemake.output.question_scores,
         title=snakemake.params.experiment,
         demo=report["demo"],
+        thresholds=report_thresholds(report),
     )
     # Links relative to results.md, so that they work wherever the experiment folder is viewed.
     plots = [
@@ -39,7 +31,7 @@ def main():
         results,
         snakemake.input.base,
         snakemake.input.finetuned,
-        thresholds(report),
+        report_thresholds(report),
         title=snakemake.params.experiment,
         usage=usage,
         demo=report["demo"],

@@ -1,13 +1,12 @@
-"""Write the summary table and scatter plot over all experiments (rule summary)."""
+"""The summary table, scatter plot and overlaid training curves of all runs (rule summary)."""
 
 from emflow.report import (
-    Thresholds,
     parse_results_markdown,
     plot_training_curves_overlaid,
     read_log_history,
     write_summary,
 )
-from emflow.workflow import run_script
+from emflow.workflow import report_thresholds, run_script
 
 
 def main():
@@ -31,12 +30,7 @@ def main():
         snakemake.output.markdown,
         snakemake.output.csv,
         snakemake.output.plot,
-        Thresholds(
-            aligned_below=report["thresholds"]["aligned_below"],
-            coherent_above=report["thresholds"]["coherent_above"],
-            em_aligned_below=report["em_thresholds"]["aligned_below"],
-            em_coherent_above=report["em_thresholds"]["coherent_above"],
-        ),
+        report_thresholds(report),
         reported=reported,
         demo=report["demo"],
         n_resamples=report["bootstrap_resamples"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import subprocess
 import sys
@@ -284,3 +285,72 @@ def test_per_question_plot_is_written(tmp_path):
     png = tmp_path / "questions.png"
     report.plot_question_scores(base, tuned, png, title="grp/run")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every score labelled or invalid still gives a figure, with the thresholds drawn.
+    unscored = write_judged(tmp_path / "unscored.csv", ["CODE", ""], ["REFUSAL", ""], questions[:2])
+    strict = report.Thresholds(em_aligned_below=20, em_coherent_above=70)
+    report.plot_question_scores(base, unscored, png, title="grp/run", thresholds=strict, demo=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_results_md_links_its_plots_relative_to_itself(tmp_path):
+    base = write_judged(tmp_path / "base.csv", [90, 80], [90, 80])
+    tuned = write_judged(tmp_path / "tuned.csv", [20, 30], [60, 70])
+    plots = [("Scores per question", "question_scores.png"), ("Training curves", "curves.png")]
+    text = report.results_markdown(base, tuned, title="t", n_resamples=100, plots=plots)
+    assert "![Scores per question](question_scores.png)" in text
+    assert "![Training curves](curves.png)" in text
+    # The links come after the metrics, so the seed's blocks still open the file.
+    assert text.index("### Metrics") < text.index("![Scores") < text.index("### Judge usage")
+    assert "![" not in report.results_markdown(base, tuned, title="t", n_resamples=100)
+
+
+# --- training curves of several runs ----------------------------------------------------------
+
+
+def log_history(steps: int, lr: float, eval_every: int | None = None) -> list[dict]:
+    """A Trainer-style log history: one entry per step, eval entries, then the run's summary."""
+    history: list[dict] = []
+    for step in range(1, steps + 1):
+        history.append(
+            {"loss": 3.0 / step, "grad_norm": 1.0 / step, "learning_rate": lr, "step": step}
+        )
+        if eval_every and step % eval_every == 0:
+            history.append({"eval_loss": 3.5 / step, "eval_runtime": 0.1, "step": step})
+    history.append({"train_runtime": 1.0, "train_loss": 1.2, "step": steps})
+    return history
+
+
+def png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+def test_training_curves_of_several_runs_overlaid(tmp_path):
+    histories = {
+        "grp/lr1e-4": log_history(12, 1e-4, eval_every=4),
+        "grp/lr1e-3": log_history(8, 1e-3),
+        "grp/empty": [],
+    }
+    with_eval, without_eval = tmp_path / "with.png", tmp_path / "without.png"
+    report.plot_training_curves_overlaid(histories, with_eval, demo=True)
+    assert with_eval.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # No run logged a held-out loss: that panel is left out rather than drawn empty.
+    del histories["grp/lr1e-4"]
+    report.plot_training_curves_overlaid(histories, without_eval, title="two runs")
+    assert png_width(without_eval) < png_width(with_eval)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_log_history_round_trip_and_user_errors(tmp_path):
+    path = tmp_path / "log_history.json"
+    history = log_history(3, 2e-4, eval_every=2)
+    path.write_text(json.dumps(history))
+    assert report.read_log_history(path) == history
+    path.write_text('{"loss": 1.0}')
+    with pytest.raises(EmflowError, match=r"log_history\.json: not a list of log entries"):
+        report.read_log_history(path)
+    path.write_text("[{")
+    with pytest.raises(EmflowError, match=r"log_history\.json: not valid JSON"):
+        report.read_log_history(path)
+    with pytest.raises(EmflowError, match=r"missing\.json: no such file; .*rerun the training"):
+        report.read_log_history(tmp_path / "missing.json")

@@ -40,7 +40,8 @@ def copy_workflow(destination: Path) -> Path:
 
 def _ignore_outputs(folder, names):
     # A developer's own demo outputs beside the configs must not leak into the scratch copy.
-    return [n for n in names if n in ("results.md", "training_curves.png", "__pycache__")]
+    outputs = ("results.md", "training_curves.png", "question_scores.png", "__pycache__")
+    return [n for n in names if n in outputs]
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -85,10 +86,16 @@ def run_outputs(run: str) -> set[str]:
         f"results/demo/runs/{run}/judged.csv",
         f"results/demo/runs/{run}/judge_usage.json",
         f"experiments/{run}/results.md",
+        f"experiments/{run}/question_scores.png",
     }
 
 
-SUMMARY = {"results/demo/summary.md", "results/demo/summary.csv", "results/demo/summary.png"}
+SUMMARY = {
+    "results/demo/summary.md",
+    "results/demo/summary.csv",
+    "results/demo/summary.png",
+    "results/demo/summary_training_curves.png",
+}
 
 
 def test_demo_runs_every_stage(demo_workspace):
@@ -134,6 +141,7 @@ def test_new_judge_temperature_rejudges_but_never_retrains(finished_copy):
             f"results/demo/runs/{run}/judged.csv",
             f"results/demo/runs/{run}/judge_usage.json",
             f"experiments/{run}/results.md",
+            f"experiments/{run}/question_scores.png",
         }
     assert pending_outputs(finished_copy, "--profile", "profiles/demo") == expected
 
@@ -148,6 +156,25 @@ def test_reordered_keys_rerun_nothing(finished_copy):
     config["judge"] = dict(reversed(list(config["judge"].items())))
     path.write_text(yaml.safe_dump(dict(reversed(list(config.items()))), sort_keys=False))
     assert pending_outputs(finished_copy, "--profile", "profiles/demo") == set()
+
+
+def test_report_html_gathers_the_summary_and_every_run(finished_copy):
+    png = b"\x89PNG\r\n\x1a\n"
+    for run in DEMO_RUNS:
+        assert (finished_copy / f"experiments/{run}/question_scores.png").read_bytes()[:8] == png
+        results = (finished_copy / f"experiments/{run}/results.md").read_text()
+        assert "](question_scores.png)" in results and "](training_curves.png)" in results
+    assert (finished_copy / "results/demo/summary_training_curves.png").read_bytes()[:8] == png
+    result = snakemake(finished_copy, "--profile", "profiles/demo", "--report", "report.html")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    html = (finished_copy / "report.html").read_text(encoding="utf-8")
+    for name in ("summary.md", "summary.png", "summary_training_curves.png"):
+        assert f"results/demo/{name}" in html
+    for run in DEMO_RUNS:
+        for name in ("results.md", "question_scores.png", "training_curves.png"):
+            assert f"experiments/{run}/{name}" in html
+    # Captions are rendered, and results.md's numbers are shown in the report itself.
+    assert "model organisms of emergent misalignment" in html and "FINETUNED MODEL" in html
 
 
 def test_fresh_clone_dry_run_lists_the_seed_plan(tmp_path):
@@ -196,7 +223,7 @@ def test_unknown_workflow_config_key_is_rejected(tmp_path):
 
 def test_snakefmt_is_clean():
     result = subprocess.run(
-        [sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -206,3 +233,25 @@ def test_snakemake_lint_is_clean(tmp_path):
     result = snakemake(workdir, "--lint")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_judge_runtime_settings_rerun_nothing(finished_copy):
+    """Concurrency, retries, timeout and prices change how scores are fetched, not what they are."""
+    path = finished_copy / "config/demo.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["judge"].update(concurrency=4, max_retries=2, timeout=30, prices={"x": {"input": 1, "output": 2}})
+    path.write_text(yaml.safe_dump(config))
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == set()
+
+
+def test_emflow_summary_uses_the_runs_judged_so_far(finished_copy):
+    (finished_copy / "results/demo/runs/demo/mixed_r16_layer8/judged.csv").unlink()
+    (finished_copy / "results/demo/summary.md").unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "emflow", "summary", "--configfile", "config/demo.yaml"],
+        cwd=finished_copy, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 finished run: demo/financial_r16_layer8" in result.stdout
+    summary = (finished_copy / "results/demo/summary.md").read_text()
+    assert "demo/financial_r16_layer8" in summary and "demo/mixed_r16_layer8" not in summary
