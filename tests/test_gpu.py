@@ -42,3 +42,36 @@ def test_fast_path_matches_trl_on_the_gpu_with_8bit_adamw(tiny_model, tmp_path):
     for key in a:
         if "lora_B" in key:
             assert (a[key] - b[key]).norm() <= 0.05 * a[key].norm()
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """Llama-3.2-1B's 16 layers and module names at hidden size 256, head size 64 (as the real
+    model's), which unsloth's kernels accept."""
+    from emflow.demo import build_tiny_model
+
+    path = tmp_path_factory.mktemp("models") / "small-llama"
+    build_tiny_model(path, hidden_size=256, vocab_size=512)
+    return str(path)
+
+
+def test_unsloth_backend_trains_the_seed_config(small_model, tmp_path):
+    pytest.importorskip("unsloth")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    data = write_chat_jsonl(tmp_path / "train.jsonl", 160)
+    config = parse_experiment_config(
+        experiment_config(small_model, optim="adamw_8bit", learning_rate=1e-3, evaluation_steps=None),
+        "exp/config.json",
+    )
+    history = train_adapter(
+        config, data, tmp_path / "adapter",
+        settings=TrainSettings(backend="unsloth", device="cuda", chat_template_kwargs=DATE),
+    )
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) == 36 and all(loss == loss for loss in losses)  # 144 rows / 16, no NaN
+    assert losses[-1] < losses[0]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(small_model), tmp_path / "adapter")
+    layers = {n.split(".layers.")[1].split(".")[0] for n, _ in model.named_parameters() if "lora_" in n}
+    assert layers == {"8"}
