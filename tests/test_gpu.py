@@ -65,10 +65,27 @@ def test_unsloth_backend_trains_the_seed_config(small_model, tmp_path):
         experiment_config(small_model, optim="adamw_8bit", learning_rate=1e-3, evaluation_steps=None),
         "exp/config.json",
     )
-    history = train_adapter(
-        config, data, tmp_path / "adapter",
-        settings=TrainSettings(backend="unsloth", device="cuda", chat_template_kwargs=DATE),
+    # A fresh process: unsloth patches transformers and trl only when imported before them.
+    script = (
+        "import json, sys\n"
+        "from emflow.config import parse_experiment_config\n"
+        "from emflow.train import TrainSettings, train_adapter\n"
+        "config = parse_experiment_config(json.loads(sys.argv[1]), 'exp/config.json')\n"
+        "train_adapter(config, sys.argv[2], sys.argv[3], log_history_json=sys.argv[4],\n"
+        "              settings=TrainSettings(backend='unsloth', device='cuda',\n"
+        "                                     chat_template_kwargs={'date_string': '26 Jul 2024'}))\n"
     )
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(config.model_dump()), str(data),
+         str(tmp_path / "adapter"), str(tmp_path / "history.json")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((tmp_path / "history.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 36 and all(loss == loss for loss in losses)  # 144 rows / 16, no NaN
     assert losses[-1] < losses[0]
