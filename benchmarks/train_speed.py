@@ -172,13 +172,14 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
         for label, samples, tokens in (("20x1x200", 1, 200), ("20x50x600", 50, 600)):
             if smoke:
                 samples, tokens = min(samples, 2), min(tokens, 16)
-            settings = GenerationSettings(max_new_tokens=tokens, samples_per_question=samples,
-                                          batch_size=1000, device=device)
-            sync()
-            t0 = time.perf_counter()
-            generate_responses(model_dir, questions, workdir / f"{label}.csv", settings=settings)
-            sync()
-            out[label] = round(time.perf_counter() - t0, 2)
+            for compiled in (False, True) if cuda else (False,):
+                settings = GenerationSettings(max_new_tokens=tokens, samples_per_question=samples,
+                                              batch_size=1000, device=device, compile=compiled)
+                sync()
+                t0 = time.perf_counter()
+                generate_responses(model_dir, questions, workdir / f"{label}.csv", settings=settings)
+                sync()
+                out[label + (" static+compile" if compiled else "")] = round(time.perf_counter() - t0, 2)
         return {"variant": variant, "seconds": out,
                 "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
 
