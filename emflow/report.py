@@ -490,7 +490,7 @@ def _marked(row: _Row, metric: str, kind: str, ci: bool = True) -> str:
     text = _fmt_ci(estimate, kind) if ci else _fmt(estimate.value, kind)
     if row.comparisons and row.comparisons[metric].significant:
         text += "*"
-    elif not row.is_base:
+    else:
         text += " "  # keeps the digits of marked and unmarked cells aligned
     return text
 
