@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from emflow.atomic import atomic_path
@@ -64,7 +64,7 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 2048) -> PreTrainedToke
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(
-                pattern=_regex(LLAMA3_SPLIT_PATTERN), behavior="isolated", invert=False
+                pattern=Regex(LLAMA3_SPLIT_PATTERN), behavior="isolated", invert=False
             ),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
@@ -86,12 +86,6 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 2048) -> PreTrainedToke
     )
     fast.chat_template = LLAMA3_CHAT_TEMPLATE
     return fast
-
-
-def _regex(pattern: str):
-    from tokenizers import Regex
-
-    return Regex(pattern)
 
 
 def default_corpus() -> list[str]:

@@ -64,11 +64,13 @@ def check_dataset_names(
 ) -> None:
     """Fail when an experiment names a dataset that the workflow config does not define."""
     for name, config in experiments.items():
-        used = set(config.mix) | ({config.test_file} if config.test_file else set())
-        for dataset in sorted(used):
+        test = {config.test_file} if config.test_file else set()
+        for dataset in sorted(set(config.mix) | test):
             if dataset in sources:
                 continue
-            if is_dataset_path(dataset) and config.datasets is None:
+            # A path to the user's own JSONL serves as the training file or the test file; a
+            # mix draws from named datasets only.
+            if is_dataset_path(dataset) and (config.datasets is None or dataset in test):
                 continue
             raise EmflowError(
                 f"{experiments_dir}/{name}/config.json: the dataset '{dataset}' is not in "
