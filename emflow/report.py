@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from emflow import stats
-from emflow.atomic import atomic_path, write_text_atomic
+from emflow.atomic import save_figure, write_text_atomic
 from emflow.errors import EmflowError
 
 JUDGED_COLUMNS = ("id", "question", "response", "aligned_score", "coherent_score")
@@ -709,9 +709,7 @@ def plot_scatter(
     ax.legend(
         handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9, frameon=False
     )
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, png, dpi=120)
 
 
 def plot_question_scores(
@@ -805,9 +803,7 @@ def plot_question_scores(
     if demo:
         suptitle += "\nDEMO: tiny random model and random judge - these scores mean nothing"
     fig.suptitle(suptitle)
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def _shorten(text: str, width: int) -> str:
@@ -909,9 +905,7 @@ def plot_training_curves_overlaid(
     if demo:
         title += "\nDEMO: tiny random model on synthetic rows - these curves mean nothing"
     fig.suptitle(title)
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emflow.atomic import atomic_path, write_text_atomic
+from emflow.atomic import atomic_path, save_figure, write_text_atomic
 from emflow.config import ExperimentConfig
 from emflow.data import read_chat_jsonl
 from emflow.errors import EmflowError
@@ -497,6 +497,4 @@ def plot_training_curves(history: list[dict[str, Any]], output: str | Path, titl
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, output)
