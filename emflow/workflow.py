@@ -152,18 +152,44 @@ def load_workflow_config(configfile: str | Path) -> dict[str, Any]:
     return config
 
 
+def write_summary_outputs(
+    runs: list[dict[str, Any]],
+    log_histories: dict[str, str | Path],
+    reported: dict[str, tuple[float, float]],
+    report: dict[str, Any],
+    *,
+    markdown: str | Path,
+    csv: str | Path,
+    plot: str | Path,
+    curves: str | Path,
+) -> None:
+    """The summary table (Markdown, CSV), scatter plot and overlaid training curves.
+
+    Shared by the `summary` rule and `emflow summary`; runs without a log history (trained
+    elsewhere) are left out of the curves only.
+    """
+    from emflow.report import plot_training_curves_overlaid, read_log_history, write_summary
+
+    write_summary(
+        runs, markdown, csv, plot, report_thresholds(report), reported=reported,
+        demo=report["demo"], n_resamples=report["bootstrap_resamples"],
+    )
+    histories = {
+        name: read_log_history(path) for name, path in log_histories.items() if Path(path).exists()
+    }
+    if histories:
+        plot_training_curves_overlaid(
+            histories, curves, title="Training curves of every run", demo=report["demo"]
+        )
+
+
 def summarize_finished(configfile: str | Path = "config/config.yaml") -> tuple[Path, list[str]]:
     """Rewrite the summary table and plot from the runs that have been judged so far.
 
     Snakemake's `summary` rule waits for every run; this reads whatever is finished (a cluster
     run still going, or some jobs failed) and returns the summary's path and the runs it has.
     """
-    from emflow.report import (
-        parse_results_markdown,
-        plot_training_curves_overlaid,
-        read_log_history,
-        write_summary,
-    )
+    from emflow.report import parse_results_markdown
 
     config = load_workflow_config(configfile)
     experiments_dir = Path(config["experiments_dir"])
@@ -184,22 +210,16 @@ def summarize_finished(configfile: str | Path = "config/config.yaml") -> tuple[P
             f"no experiment of {configfile} has been judged yet (no {results}/runs/<group>/<run>/"
             "judged.csv); run the workflow first."
         )
-    report = config["report"]
-    write_summary(
-        runs, results / "summary.md", results / "summary.csv", results / "summary.png",
-        report_thresholds(report), reported=reported, demo=report["demo"],
-        n_resamples=report["bootstrap_resamples"],
+    write_summary_outputs(
+        runs,
+        {r["name"]: results / "runs" / r["name"] / "log_history.json" for r in runs},
+        reported,
+        config["report"],
+        markdown=results / "summary.md",
+        csv=results / "summary.csv",
+        plot=results / "summary.png",
+        curves=results / "summary_training_curves.png",
     )
-    histories = {
-        run["name"]: read_log_history(path)
-        for run in runs
-        if (path := results / "runs" / run["name"] / "log_history.json").exists()
-    }
-    if histories:
-        plot_training_curves_overlaid(
-            histories, results / "summary_training_curves.png",
-            title="Training curves of every run", demo=report["demo"],
-        )
     return results / "summary.md", [run["name"] for run in runs]
 
 

@@ -1,23 +1,15 @@
 """The summary table, scatter plot and overlaid training curves of all runs (rule summary)."""
 
-from emflow.report import (
-    parse_results_markdown,
-    plot_training_curves_overlaid,
-    read_log_history,
-    write_summary,
-)
-from emflow.workflow import report_thresholds, run_script
+from emflow.report import parse_results_markdown
+from emflow.workflow import run_script, write_summary_outputs
 
 
 def main():
-    report = snakemake.params.report
+    names = snakemake.params.experiments
     runs = [
         {"name": name, "judged_csv": judged, "base_judged_csv": base, "results_md": results}
         for name, judged, base, results in zip(
-            snakemake.params.experiments,
-            snakemake.input.finetuned,
-            snakemake.input.base,
-            snakemake.input.results,
+            names, snakemake.input.finetuned, snakemake.input.base, snakemake.input.results
         )
     ]
     reported = {
@@ -25,24 +17,15 @@ def main():
         for name, path in snakemake.params.reported.items()
         if path
     }
-    write_summary(
+    write_summary_outputs(
         runs,
-        snakemake.output.markdown,
-        snakemake.output.csv,
-        snakemake.output.plot,
-        report_thresholds(report),
-        reported=reported,
-        demo=report["demo"],
-        n_resamples=report["bootstrap_resamples"],
-    )
-    plot_training_curves_overlaid(
-        {
-            name: read_log_history(path)
-            for name, path in zip(snakemake.params.experiments, snakemake.input.log_history)
-        },
-        snakemake.output.curves,
-        title="Training curves of every run",
-        demo=report["demo"],
+        dict(zip(names, snakemake.input.log_history)),
+        reported,
+        snakemake.params.report,
+        markdown=snakemake.output.markdown,
+        csv=snakemake.output.csv,
+        plot=snakemake.output.plot,
+        curves=snakemake.output.curves,
     )
 
 
