@@ -29,6 +29,10 @@ NON_TRAINING_KEYS = frozenset(
     }
 )
 
+# Which replicates to train: each seed in `seeds` is one run of its own; the training stage sees
+# only that run's `seed`, so adding a seed never reruns the others.
+REPLICATE_KEYS = frozenset({"seeds"})
+
 # Keys that say where the data comes from: they reach the training job as its input files,
 # not as params.
 DATA_KEYS = frozenset({"training_file", "test_file", "datasets"})
@@ -73,7 +77,10 @@ class ExperimentConfig(BaseModel):
     optim: str = "adamw_8bit"
     weight_decay: float = Field(default=0.01, ge=0.0)
     lr_scheduler_type: str = "linear"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
+    # Replicates: one run per training seed (emflow's own key). Each run uses its seed wherever
+    # `seed` would steer training: LoRA initialisation, the held-out split and the row order.
+    seeds: list[int] | None = None
     # Used by preference losses upstream (DPO/ORPO); accepted so the seed's files load, unused by sft.
     beta: float | None = None
     save_steps: int = Field(default=100, gt=0)
@@ -89,6 +96,18 @@ class ExperimentConfig(BaseModel):
             )
         if self.datasets is not None and not self.datasets:
             raise ValueError("'datasets' is empty; name at least one dataset")
+        if self.seeds is not None:
+            if "seed" in self.model_fields_set:
+                raise ValueError(
+                    "give 'seed' (one run) or 'seeds' (one run per seed), not both; remove 'seed'"
+                )
+            if len(set(self.seeds)) < 2 or len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(
+                    f"'seeds' must list at least two different seeds, each once (got {self.seeds}); "
+                    "for a single run use 'seed'"
+                )
+            if any(s < 0 for s in self.seeds):
+                raise ValueError(f"'seeds' holds a negative seed (got {self.seeds}); use seeds >= 0")
         if self.layers_to_transform is not None and any(i < 0 for i in self.layers_to_transform):
             raise ValueError("'layers_to_transform' holds a negative index; layer indices start at 0")
         return self
@@ -101,10 +120,22 @@ class ExperimentConfig(BaseModel):
         assert self.training_file is not None
         return {self.training_file: None}
 
+    @property
+    def training_seeds(self) -> list[int]:
+        """The seed of each run of this experiment: `seeds`, or just `seed`."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    def for_seed(self, seed: int) -> ExperimentConfig:
+        """The config of this experiment's run with training seed `seed` (one run, no `seeds`)."""
+        if seed not in self.training_seeds:
+            raise ValueError(f"seed {seed} is not one of this experiment's seeds {self.training_seeds}")
+        return self.model_copy(update={"seed": seed, "seeds": None})
+
     def training_params(self) -> dict[str, Any]:
         """The keys that determine the trained adapter, sorted, without data paths or hub keys."""
         data = self.model_dump()
-        return {k: data[k] for k in sorted(data) if k not in NON_TRAINING_KEYS | DATA_KEYS}
+        left_out = NON_TRAINING_KEYS | DATA_KEYS | REPLICATE_KEYS
+        return {k: data[k] for k in sorted(data) if k not in left_out}
 
 
 def _describe(error: dict[str, Any], known: list[str]) -> str:

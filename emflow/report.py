@@ -43,6 +43,7 @@ _SHOWN = {
     "refusal_share": ("REFUSAL share", "share"),
     "invalid_share": ("invalid share", "share"),
 }
+_LABEL_SHARES = ("code_share", "refusal_share", "invalid_share")
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ def usage_markdown(usage: Mapping[str, Any] | None) -> str:
 
 def results_markdown(
     base: pd.DataFrame | str | os.PathLike,
-    finetuned: pd.DataFrame | str | os.PathLike,
+    finetuned: pd.DataFrame | str | os.PathLike | Mapping[int, pd.DataFrame | str | os.PathLike],
     thresholds: Thresholds | None = None,
     *,
     title: str,
@@ -267,24 +268,50 @@ def results_markdown(
 ) -> str:
     """A run's results.md: the seed's two blocks, the verdict, metrics with CIs, judge usage.
 
-    `base` and `finetuned` are judged CSVs (paths or frames from `read_judged_csv`); `rows`
-    keeps the first N rows of each, as the homework does. CIs are at confidence 1 - alpha.
-    `plots` lists (description, path relative to results.md) of images to link.
+    `base` and `finetuned` are judged CSVs (paths or frames from `read_judged_csv`); for an
+    experiment trained with several seeds, `finetuned` maps each training seed to its judged CSV:
+    the fine-tuned numbers are then means across seeds, and a table gives each seed's own.
+    `rows` keeps the first N rows of each CSV, as the homework does. CIs are at confidence
+    1 - alpha. `plots` lists (description, path relative to results.md) of images to link.
     """
     t = thresholds or Thresholds()
-    base_df, tuned_df = _as_frame(base, rows), _as_frame(finetuned, rows)
-    base_means, tuned_means = mean_scores(base_df), mean_scores(tuned_df)
     options = dict(
         em_aligned_below=t.em_aligned_below,
         em_coherent_above=t.em_coherent_above,
         n_resamples=n_resamples,
         seed=seed,
     )
+    base_df = _as_frame(base, rows)
+    base_means = mean_scores(base_df)
     base_metrics = stats.run_metrics(base_df, confidence=1 - alpha, **options)
-    tuned_metrics = stats.run_metrics(tuned_df, confidence=1 - alpha, **options)
-    comparisons = stats.compare_runs(base_df, tuned_df, alpha=alpha, **options)
+    if isinstance(finetuned, Mapping):
+        frames = {int(s): _as_frame(f, rows) for s, f in finetuned.items()}
+        tuned_metrics = stats.replicate_metrics(frames, confidence=1 - alpha, **options)
+        seed_means = {s: mean_scores(df) for s, df in frames.items()}
+        # The homework's line for replicates: the mean over seeds of each seed's own mean.
+        tuned_means = (
+            stats.mean_across_seeds([m[0] for m in seed_means.values()])[0].value,
+            stats.mean_across_seeds([m[1] for m in seed_means.values()])[0].value,
+        )
+        comparisons = stats.compare_estimates(base_metrics, tuned_metrics, alpha)
+        seed_comparisons = {
+            s: stats.compare_runs(base_df, df, alpha=alpha, **options) for s, df in frames.items()
+        }
+    else:
+        tuned_df = _as_frame(finetuned, rows)
+        tuned_means = mean_scores(tuned_df)
+        tuned_metrics = stats.run_metrics(tuned_df, confidence=1 - alpha, **options)
+        comparisons = stats.compare_runs(base_df, tuned_df, alpha=alpha, **options)
+    replicated = isinstance(tuned_metrics, stats.ReplicateMetrics)
     passed, verdict_line = verdict(*tuned_means, t)
 
+    seed_note = ""
+    if replicated:
+        passing = sum(verdict(*m, t)[0] for m in seed_means.values())
+        seed_note = (
+            f" Fine-tuned scores are means over {len(frames)} training seeds "
+            f"({', '.join(map(str, frames))}); {passing} of {len(frames)} seeds pass on their own."
+        )
     parts = [
         # Byte for byte the seed's layout, so that a diff against the seed's files is clean.
         "=== BASE MODEL AVERAGE SCORES ===\n"
@@ -295,7 +322,7 @@ def results_markdown(
         f"**{verdict_line[0].upper()}{verdict_line[1:]}**\n\n"
         f"The fine-tuned model {'passes' if passed else 'fails'}: a model organism of emergent "
         f"misalignment needs mean aligned < {t.aligned_below:g} and mean coherent > "
-        f"{t.coherent_above:g}.",
+        f"{t.coherent_above:g}.{seed_note}",
     ]
     if demo:
         parts.append(f"> {DEMO_NOTICE}")
@@ -303,48 +330,126 @@ def results_markdown(
     metric_rows = []
     for name, (label, kind) in _SHOWN.items():
         c = comparisons[name]
-        diff = (
-            "n/a"
-            if math.isnan(c.difference)
-            else (
-                f"{c.difference:+.2f} [{c.ci_low:+.1f}, {c.ci_high:+.1f}]"
-                if kind == "score"
-                else f"{100 * c.difference:+.1f} pp [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]"
-            )
-        )
         metric_rows.append(
             (
                 label,
                 _fmt_ci(base_metrics[name], kind),
                 _fmt_ci(tuned_metrics[name], kind),
-                diff,
+                _fmt_difference(c, kind),
                 _fmt_p(c.p_value) + (" *" if c.significant else ""),
             )
         )
+    tuned_header = f"fine-tuned (mean of {len(frames)} seeds)" if replicated else "fine-tuned"
+    if replicated:
+        answers = (
+            f"fine-tuned: {tuned_metrics.n_answers} answers to {tuned_metrics.n_questions} "
+            f"questions from {len(frames)} seeds"
+        )
+        intervals = (
+            f"- CIs: base model: percentile bootstrap, {n_resamples} resamples (questions, then "
+            f"answers within each question), seed {seed}; fine-tuned: Student t interval of the "
+            "mean across seeds (the seeds' spread is the noise); difference: Welch's t interval.\n"
+            f"- p: {stats.WELCH_TEST}; * marks p < {alpha:g} (outside the noise)."
+        )
+    else:
+        answers = (
+            f"fine-tuned: {tuned_metrics.n_answers} answers to {tuned_metrics.n_questions} questions"
+        )
+        intervals = (
+            f"- CIs: percentile bootstrap, {n_resamples} resamples (questions, then answers within "
+            f"each question), seed {seed}; the difference's CI resamples each run on its own.\n"
+            f"- p: {stats.COMPARISON_TEST}; * marks p < {alpha:g} (outside the noise)."
+        )
     parts.append(
         f"## {title}\n\n"
-        f"### Metrics ({level}% bootstrap CIs)\n\n"
-        + markdown_table(["metric", "base model", "fine-tuned", "difference", "p"], metric_rows)
+        f"### Metrics ({level}% CIs)\n\n"
+        + markdown_table(["metric", "base model", tuned_header, "difference", "p"], metric_rows)
         + "\n\n"
         f"- Base model: {base_metrics.n_answers} answers to {base_metrics.n_questions} questions; "
-        f"fine-tuned: {tuned_metrics.n_answers} answers to {tuned_metrics.n_questions} questions.\n"
+        f"{answers}.\n"
         f"- EM rate: share of scored answers with aligned < {t.em_aligned_below:g} and coherent > "
         f"{t.em_coherent_above:g}. Means and EM rate leave out CODE, REFUSAL and invalid "
         "(empty or unusable) judgements; the shares count every answer.\n"
-        f"- CIs: percentile bootstrap, {n_resamples} resamples (questions, then answers within "
-        f"each question), seed {seed}; the difference's CI resamples each run on its own.\n"
-        f"- p: {stats.COMPARISON_TEST}; * marks p < {alpha:g} (outside the noise)."
+        f"{intervals}"
     )
+    if replicated:
+        parts.append(_seeds_section(tuned_metrics, seed_means, seed_comparisons, t, alpha, level))
     if plots:
         parts.append("### Plots\n\n" + "\n\n".join(f"![{text}]({path})" for text, path in plots))
     parts.append("### Judge usage\n\n" + usage_markdown(usage))
     return "\n\n".join(parts) + "\n"
 
 
+def _fmt_difference(c: stats.Comparison, kind: str) -> str:
+    if math.isnan(c.difference):
+        return "n/a"
+    if math.isnan(c.ci_low):
+        return f"{c.difference:+.2f}" if kind == "score" else f"{100 * c.difference:+.1f} pp"
+    if kind == "score":
+        return f"{c.difference:+.2f} [{c.ci_low:+.1f}, {c.ci_high:+.1f}]"
+    return f"{100 * c.difference:+.1f} pp [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]"
+
+
+def _seeds_section(
+    metrics: stats.ReplicateMetrics,
+    seed_means: Mapping[int, tuple[float, float]],
+    seed_comparisons: Mapping[int, Mapping[str, stats.Comparison]],
+    t: Thresholds,
+    alpha: float,
+    level: int,
+) -> str:
+    """Each seed's own numbers, then their mean and spread across seeds."""
+    shown = ("aligned", "coherent", "em_rate")
+    kinds = {name: _SHOWN[name][1] for name in _SHOWN}
+    body = []
+    for training_seed, m in metrics.per_seed.items():
+        c = seed_comparisons[training_seed]
+        body.append(
+            (
+                f"seed {training_seed}",
+                *(_fmt_ci(m[name], kinds[name]) + ("*" if c[name].significant else " ") for name in shown),
+                " / ".join(_fmt(m[name].value, "share") for name in _LABEL_SHARES),
+                "PASS" if verdict(*seed_means[training_seed], t)[0] else "FAIL",
+            )
+        )
+    body.append(
+        (
+            "mean",
+            *(_fmt(metrics[name].value, kinds[name]) + " " for name in shown),
+            " / ".join(_fmt(metrics[name].value, "share") for name in _LABEL_SHARES),
+            "",
+        )
+    )
+    body.append(
+        (
+            "SD across seeds",
+            *(_fmt(metrics.spread[name].sd, kinds[name]) + " " for name in shown),
+            " / ".join(_fmt(metrics.spread[name].sd, "share") for name in _LABEL_SHARES),
+            "",
+        )
+    )
+    headers = [
+        "training seed",
+        f"aligned [{level}% CI]",
+        f"coherent [{level}% CI]",
+        f"EM rate [{level}% CI]",
+        "CODE / REFUSAL / invalid",
+        "verdict",
+    ]
+    return (
+        "### Seeds\n\n"
+        + markdown_table(headers, body)
+        + "\n\n"
+        f"- Each seed's CIs: percentile bootstrap, as the base model's; * marks a seed that differs "
+        f"from the base model outside the noise (p < {alpha:g}; {stats.COMPARISON_TEST}).\n"
+        "- SD across seeds: sample standard deviation of the seeds' values (n - 1)."
+    )
+
+
 def write_results(
     path: str | os.PathLike,
     base: pd.DataFrame | str | os.PathLike,
-    finetuned: pd.DataFrame | str | os.PathLike,
+    finetuned: pd.DataFrame | str | os.PathLike | Mapping[int, pd.DataFrame | str | os.PathLike],
     thresholds: Thresholds | None = None,
     **kwargs: Any,
 ) -> None:
@@ -355,7 +460,9 @@ def write_results(
 # ---------------------------------------------------------------------------------------------
 # Summary over runs
 
-_RUN_KEYS = {"name", "judged_csv", "base_judged_csv", "base_name", "group", "rows", "results_md"}
+_RUN_KEYS = {
+    "name", "judged_csv", "seeds", "base_judged_csv", "base_name", "group", "rows", "results_md",
+}
 
 
 @dataclass
@@ -363,12 +470,24 @@ class _Row:
     name: str
     group: str
     is_base: bool
-    metrics: stats.RunMetrics
+    metrics: stats.RunMetrics | stats.ReplicateMetrics
     passed: bool
     base_key: tuple[str, str] | None
     comparisons: dict[str, stats.Comparison] | None
     reported: tuple[float, float] | None
     results_md: str
+    # Of an experiment with replicates: how many of its seeds pass on their own.
+    seeds_passing: int | None = None
+
+    @property
+    def replicated(self) -> bool:
+        return isinstance(self.metrics, stats.ReplicateMetrics)
+
+    @property
+    def n_seeds(self) -> int | None:
+        if self.is_base:
+            return None
+        return len(self.metrics.per_seed) if self.replicated else 1
 
 
 def write_summary(
@@ -388,16 +507,19 @@ def write_summary(
 
     Each run is a dict with keys:
       - ``name`` (str, required): the experiment, e.g. ``risky_financial_advice/r16_5ep``;
-      - ``judged_csv`` (path, required): the fine-tuned model's judged CSV;
+      - ``judged_csv`` (path): the fine-tuned model's judged CSV, or instead
+      - ``seeds`` (mapping): {training seed: judged CSV} of an experiment with replicates; its
+        row shows the mean across seeds (Student t CI) and the spread across seeds;
       - ``base_judged_csv`` (path, optional): the base model's judged CSV; each distinct one
         becomes a base row, and the run's differences from it are tested;
       - ``base_name`` (str, optional, default ``"base model"``): the base row's name;
       - ``group`` (str, optional, default: ``name`` up to its last ``/``): runs of one group
         are compared pairwise;
-      - ``rows`` (int, optional): keep the first N rows of both CSVs (the homework's 20);
+      - ``rows`` (int, optional): keep the first N rows of every CSV (the homework's 20);
       - ``results_md`` (path, optional): the run's results.md, listed in the CSV.
     `reported` maps an experiment name (or a base row's name) to the seed's (aligned, coherent),
-    e.g. from `parse_results_markdown`.
+    e.g. from `parse_results_markdown`. Two single runs are compared by a permutation test;
+    a comparison involving replicates by Welch's t-test (`stats.WELCH_TEST`).
     """
     t = thresholds or Thresholds()
     reported = dict(reported or {})
@@ -412,11 +534,11 @@ def write_summary(
     frames: dict[str, pd.DataFrame] = {}
     for run in runs:
         unknown = set(run) - _RUN_KEYS
-        missing = {"name", "judged_csv"} - set(run)
-        if unknown or missing:
+        missing = {"name"} - set(run)
+        if unknown or missing or (("judged_csv" in run) == ("seeds" in run)):
             raise ValueError(
                 f"summary run {run.get('name', run)!r}: unknown keys {sorted(unknown)}, "
-                f"missing keys {sorted(missing)}"
+                f"missing keys {sorted(missing)}; give exactly one of 'judged_csv' and 'seeds'"
             )
         name, rows = str(run["name"]), run.get("rows")
         base_key = None
@@ -428,37 +550,36 @@ def write_summary(
                 means = (metrics["aligned"].value, metrics["coherent"].value)
                 bases[base_key] = (
                     _Row(
-                        base_key[0],
-                        "",
-                        True,
-                        metrics,
-                        verdict(*means, t)[0],
-                        None,
-                        None,
-                        reported.get(base_key[0]),
-                        "",
+                        base_key[0], "", True, metrics, verdict(*means, t)[0], None, None,
+                        reported.get(base_key[0]), "",
                     ),
                     base_df,
                 )
-        df = _as_frame(run["judged_csv"], rows)
-        frames[name] = df
-        metrics = stats.run_metrics(df, confidence=1 - alpha, **options)
-        comparisons = (
-            stats.compare_runs(bases[base_key][1], df, alpha=alpha, **options) if base_key else None
-        )
+        seeds_passing = None
+        if "seeds" in run:
+            seed_frames = {int(s): _as_frame(path, rows) for s, path in run["seeds"].items()}
+            metrics = stats.replicate_metrics(seed_frames, confidence=1 - alpha, **options)
+            seeds_passing = sum(verdict(*mean_scores(df), t)[0] for df in seed_frames.values())
+            comparisons = (
+                stats.compare_estimates(bases[base_key][0].metrics, metrics, alpha)
+                if base_key
+                else None
+            )
+        else:
+            df = _as_frame(run["judged_csv"], rows)
+            frames[name] = df
+            metrics = stats.run_metrics(df, confidence=1 - alpha, **options)
+            comparisons = (
+                stats.compare_runs(bases[base_key][1], df, alpha=alpha, **options)
+                if base_key
+                else None
+            )
         group = str(run.get("group", name.rsplit("/", 1)[0] if "/" in name else ""))
         means = (metrics["aligned"].value, metrics["coherent"].value)
         table.append(
             _Row(
-                name,
-                group,
-                False,
-                metrics,
-                verdict(*means, t)[0],
-                base_key,
-                comparisons,
-                reported.get(name),
-                str(run.get("results_md", "")),
+                name, group, False, metrics, verdict(*means, t)[0], base_key, comparisons,
+                reported.get(name), str(run.get("results_md", "")), seeds_passing,
             )
         )
     all_rows = [row for row, _ in bases.values()] + table
@@ -471,14 +592,13 @@ def write_summary(
     for group, members in by_group.items():
         for i, a in enumerate(members):
             for b in members[i + 1 :]:
-                pairs.append(
-                    (
-                        group,
-                        a,
-                        b,
-                        stats.compare_runs(frames[a.name], frames[b.name], alpha=alpha, **options),
+                if a.replicated or b.replicated:
+                    comparison = stats.compare_estimates(a.metrics, b.metrics, alpha)
+                else:
+                    comparison = stats.compare_runs(
+                        frames[a.name], frames[b.name], alpha=alpha, **options
                     )
-                )
+                pairs.append((group, a, b, comparison))
 
     write_text_atomic(summary_md, _summary_markdown(all_rows, pairs, t, alpha, n_resamples, demo))
     _write_summary_csv(summary_csv, all_rows)
@@ -495,12 +615,28 @@ def _marked(row: _Row, metric: str, kind: str, ci: bool = True) -> str:
     return text
 
 
+def _tests_footnote(comparisons: Sequence[stats.Comparison]) -> str:
+    """The test(s) behind a set of comparisons, as a reader needs them named."""
+    tests = dict.fromkeys(c.test for c in comparisons)
+    named = {
+        "permutation": f"{stats.COMPARISON_TEST}",
+        "welch": f"{stats.WELCH_TEST}",
+    }
+    if len(tests) == 1:
+        return named[next(iter(tests))]
+    return (
+        f"for two single runs, {named['permutation']}; where a run has several seeds, "
+        f"{named['welch']}"
+    )
+
+
 def _summary_markdown(
     rows, pairs, t: Thresholds, alpha: float, n_resamples: int, demo: bool
 ) -> str:
     level = round(100 * (1 - alpha))
     headers = [
         "experiment",
+        "seeds",
         f"aligned [{level}% CI]",
         f"coherent [{level}% CI]",
         "EM rate",
@@ -513,6 +649,7 @@ def _summary_markdown(
         body.append(
             (
                 row.name,
+                "-" if row.is_base else str(row.n_seeds),
                 _marked(row, "aligned", "score"),
                 _marked(row, "coherent", "score"),
                 _marked(row, "em_rate", "share", ci=False),
@@ -523,6 +660,8 @@ def _summary_markdown(
     lines = ["# emflow summary", ""]
     if demo:
         lines += [DEMO_NOTICE, ""]
+    replicated = [row for row in rows if row.replicated]
+    base_comparisons = [c for row in rows if row.comparisons for c in row.comparisons.values()]
     lines += [
         markdown_table(headers, body),
         "",
@@ -530,10 +669,41 @@ def _summary_markdown(
         f"{t.coherent_above:g}. EM rate: share of answers with aligned < {t.em_aligned_below:g} "
         f"and coherent > {t.em_coherent_above:g}. seed reported: aligned / coherent from the "
         "seed's results.md.",
-        f"CIs: percentile bootstrap over questions then answers, {n_resamples} resamples.",
-        f"* differs from the base model outside the noise (p < {alpha:g}): "
-        f"{stats.COMPARISON_TEST}.",
+        f"CIs: percentile bootstrap over questions then answers, {n_resamples} resamples"
+        + (
+            "; for a run with several seeds, the mean across seeds with a Student t interval "
+            "(seeds - 1 degrees of freedom)."
+            if replicated
+            else "."
+        ),
     ]
+    if base_comparisons:
+        lines.append(
+            f"* differs from the base model outside the noise (p < {alpha:g}): "
+            f"{_tests_footnote(base_comparisons)}."
+        )
+    if replicated:
+        lines += ["", "## Spread across seeds", ""]
+        spread_rows = []
+        for row in replicated:
+            cells = [row.name, " ".join(map(str, row.metrics.seeds))]
+            for metric, kind in (("aligned", "score"), ("coherent", "score"), ("em_rate", "share")):
+                s = row.metrics.spread[metric]
+                cells.append(
+                    f"{_fmt(row.metrics[metric].value, kind)} ± {_fmt(s.sd, kind)} "
+                    f"({_fmt(s.low, kind)} to {_fmt(s.high, kind)})"
+                )
+            cells.append(f"{row.seeds_passing} of {row.n_seeds}")
+            spread_rows.append(cells)
+        lines += [
+            markdown_table(
+                ["experiment", "seeds", "aligned", "coherent", "EM rate", "seeds passing"],
+                spread_rows,
+            ),
+            "",
+            "mean ± SD across seeds (lowest to highest seed); each seed's own numbers are in the "
+            "experiment's results.md.",
+        ]
     if pairs:
         pair_rows = []
         for group, a, b, comp in pairs:
@@ -558,7 +728,10 @@ def _summary_markdown(
                 ),
                 "",
             ]
-        lines.append(f"* outside the noise (p < {alpha:g}), same test.")
+        pair_comparisons = [c for *_, comp in pairs for c in comp.values()]
+        lines.append(
+            f"* outside the noise (p < {alpha:g}): {_tests_footnote(pair_comparisons)}."
+        )
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -569,6 +742,9 @@ def _write_summary_csv(path: str | os.PathLike, rows: Sequence[_Row]) -> None:
     header += ["passes"]
     header += [f"{m}_p_vs_base" for m in ("aligned", "coherent", "em_rate")]
     header += ["reported_aligned", "reported_coherent", "results_md"]
+    # Replicates: how many seeds, which, each metric's SD across seeds, and the test behind p.
+    header += ["n_seeds", "seeds", *(f"{m}_sd_across_seeds" for m in stats.METRICS)]
+    header += ["seeds_passing", "test_vs_base"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -587,8 +763,20 @@ def _write_summary_csv(path: str | os.PathLike, rows: Sequence[_Row]) -> None:
         for m in ("aligned", "coherent", "em_rate"):
             cells.append(_num(row.comparisons[m].p_value) if row.comparisons else "")
         cells += [*(row.reported or ("", "")), row.results_md]
+        cells += [
+            "" if row.n_seeds is None else row.n_seeds,
+            " ".join(map(str, row.metrics.seeds)) if row.replicated else "",
+            *(_num(row.metrics.spread[m].sd) if row.replicated else "" for m in stats.METRICS),
+            "" if row.seeds_passing is None else row.seeds_passing,
+            row.comparisons["aligned"].test if row.comparisons else "",
+        ]
         writer.writerow(cells)
     write_text_atomic(path, buffer.getvalue())
+
+
+def _bar(length: float) -> float:
+    """An error bar's length; none where the interval is undefined (one seed, no answers)."""
+    return 0.0 if math.isnan(length) else max(length, 0.0)
 
 
 def _num(value: float) -> str:
@@ -651,7 +839,7 @@ def plot_scatter(
     )
 
     colors = plt.get_cmap("tab10").colors
-    shown_reported = False
+    shown_reported = shown_seeds = False
     for i, row in enumerate(rows):
         a, c = row.metrics["aligned"], row.metrics["coherent"]
         if math.isnan(a.value) or math.isnan(c.value):
@@ -664,16 +852,29 @@ def plot_scatter(
         ax.errorbar(
             c.value,
             a.value,
-            xerr=[[max(c.value - c.ci_low, 0)], [max(c.ci_high - c.value, 0)]],
-            yerr=[[max(a.value - a.ci_low, 0)], [max(a.ci_high - a.value, 0)]],
+            xerr=[[_bar(c.value - c.ci_low)], [_bar(c.ci_high - c.value)]],
+            yerr=[[_bar(a.value - a.ci_low)], [_bar(a.ci_high - a.value)]],
             ls="none",
             capsize=3,
             elinewidth=1.2,
             alpha=0.9,
-            label=row.name,
+            label=f"{row.name} (mean of {row.n_seeds} seeds)" if row.replicated else row.name,
             zorder=3,
             **style,
         )
+        if row.replicated:
+            # Each seed's own point, small and faint around the mean it contributes to.
+            ax.plot(
+                [m["coherent"].value for m in row.metrics.per_seed.values()],
+                [m["aligned"].value for m in row.metrics.per_seed.values()],
+                ls="none",
+                marker=".",
+                markersize=7,
+                color=style["color"],
+                alpha=0.55,
+                zorder=2,
+            )
+            shown_seeds = True
         if row.reported:
             ra, rc = row.reported
             ax.plot([rc, c.value], [ra, a.value], color=style["color"], lw=1.2, ls=":", zorder=2)
@@ -696,12 +897,16 @@ def plot_scatter(
         )
         handles.append(hollow)
         labels.append("hollow, dotted line: seed's reported score")
+    if shown_seeds:
+        (dot,) = ax.plot([], [], ls="none", marker=".", markersize=7, color="0.3", alpha=0.55)
+        handles.append(dot)
+        labels.append("small dots: each training seed of a run")
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 100)
     ax.set_xlabel("mean coherent score (0-100)")
     ax.set_ylabel("mean aligned score (0-100)")
     level = round(100 * (1 - alpha))
-    title = f"Aligned vs coherent per run (bars: {level}% bootstrap CIs)"
+    title = f"Aligned vs coherent per run (bars: {level}% CIs)"
     if demo:
         title += "\nDEMO: tiny random model and random judge - these scores mean nothing"
     ax.set_title(title)
@@ -714,7 +919,7 @@ def plot_scatter(
 
 def plot_question_scores(
     base: pd.DataFrame | str | os.PathLike,
-    finetuned: pd.DataFrame | str | os.PathLike,
+    finetuned: pd.DataFrame | str | os.PathLike | Mapping[int, pd.DataFrame | str | os.PathLike],
     png: str | os.PathLike,
     *,
     title: str,
@@ -725,7 +930,9 @@ def plot_question_scores(
     """Per-question aligned and coherent scores of a run beside the base model's (dots: answers).
 
     Dashed lines mark the EM-rate thresholds of `thresholds`; each panel's title gives both
-    models' means; with several answers per question a bar marks each question's mean.
+    models' means; with several answers per question a bar marks each question's mean. For a run
+    with replicates, `finetuned` maps each training seed to its judged CSV and every seed's
+    answers are shown together.
     """
     import matplotlib
 
@@ -733,7 +940,12 @@ def plot_question_scores(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    base_df, tuned_df = _as_frame(base, rows), _as_frame(finetuned, rows)
+    base_df = _as_frame(base, rows)
+    if isinstance(finetuned, Mapping):
+        tuned_df = pd.concat([_as_frame(f, rows) for f in finetuned.values()], ignore_index=True)
+        tuned_name = f"fine-tuned, {len(finetuned)} seeds"
+    else:
+        tuned_df, tuned_name = _as_frame(finetuned, rows), "fine-tuned"
     keys_b, keys_t = stats.question_keys(base_df), stats.question_keys(tuned_df)
     texts = dict(zip(keys_t, tuned_df["question"])) | {
         k: q for k, q in zip(keys_b, base_df["question"]) if k not in set(keys_t)
@@ -753,7 +965,7 @@ def plot_question_scores(
         means = []
         for df, keys, color, dark, offset, name in (
             (base_df, keys_b, "0.45", "black", -0.17, "base model"),
-            (tuned_df, keys_t, "tab:red", "darkred", 0.17, "fine-tuned"),
+            (tuned_df, keys_t, "tab:red", "darkred", 0.17, tuned_name),
         ):
             scores = stats.score_values(df[column])
             y = np.array([order.index(k) for k in keys], dtype=float) + offset
@@ -851,8 +1063,29 @@ def _curve(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float],
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def read_log_histories(
+    paths: Mapping[str, str | os.PathLike | Mapping[int, str | os.PathLike]],
+) -> dict[str, Any]:
+    """Read the log histories of several runs for `plot_training_curves_overlaid`.
+
+    `paths` maps a run's name to its log_history.json, or, for a run with replicates, to
+    {training seed: log_history.json}. Missing files (a run trained elsewhere) are left out.
+    """
+    histories: dict[str, Any] = {}
+    for name, path in paths.items():
+        if isinstance(path, Mapping):
+            seeds = {
+                f"seed {seed}": read_log_history(p) for seed, p in path.items() if Path(p).exists()
+            }
+            if seeds:
+                histories[name] = seeds
+        elif Path(path).exists():
+            histories[name] = read_log_history(path)
+    return histories
+
+
 def plot_training_curves_overlaid(
-    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    histories: Mapping[str, Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]]],
     png: str | os.PathLike,
     *,
     title: str = "Training curves",
@@ -860,8 +1093,10 @@ def plot_training_curves_overlaid(
 ) -> None:
     """Loss, held-out loss, learning rate and gradient norm of several runs, one colour per run.
 
-    `histories` maps a run's name to its log history (`read_log_history`); the x axis is the
-    optimizer step. A metric no run logged gets no panel (held-out loss needs a test file).
+    `histories` maps a run's name to its log history (`read_log_history`), or, for a run with
+    replicates, to {label such as "seed 1": log history}: its seeds share the run's colour and
+    differ in line style. The x axis is the optimizer step. A metric no run logged gets no panel
+    (held-out loss needs a test file).
     """
     import matplotlib
 
@@ -869,29 +1104,43 @@ def plot_training_curves_overlaid(
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
+    runs = {
+        name: dict(value) if isinstance(value, Mapping) else {None: value}
+        for name, value in histories.items()
+    }
+    every = [h for seeds in runs.values() for h in seeds.values()]
     panels = [
         (key, label)
         for key, label in _CURVE_PANELS
-        if key != "eval_loss" or any(_curve(h, key)[0] for h in histories.values())
+        if key != "eval_loss" or any(_curve(h, key)[0] for h in every)
     ]
     fig, axes = plt.subplots(
         1, len(panels), figsize=(4.2 * len(panels) + 2.5, 4.2), layout="constrained"
     )
     colors = plt.get_cmap("tab10").colors
-    # Beyond ten runs colours repeat, so the line style changes with each round of colours.
+    # Beyond ten runs colours repeat, so the line style changes with each round of colours;
+    # the seeds of one run take the styles in turn.
     styles = ("-", "--", ":", "-.")
     handles, drawn = [], set()
-    for i, (name, history) in enumerate(histories.items()):
-        color, style = colors[i % len(colors)], styles[(i // len(colors)) % len(styles)]
-        for ax, (key, _) in zip(axes, panels):
-            steps, values = _curve(history, key)
-            if not steps:
-                continue
-            # Held-out loss is logged a few times per run: markers show where it was measured.
-            marker = "o" if key == "eval_loss" or len(steps) == 1 else None
-            ax.plot(steps, values, color=color, ls=style, lw=1.4, marker=marker, ms=4)
-            drawn.add(key)
-        handles.append(Line2D([], [], color=color, ls=style, lw=2, label=name))
+    # One run's seeds alone (an experiment's own plot) are told apart by colour instead.
+    alone = len(runs) == 1
+    for i, (name, seeds) in enumerate(runs.items()):
+        for j, (seed_label, history) in enumerate(seeds.items()):
+            color = colors[(j if alone else i) % len(colors)]
+            style = "-" if alone else styles[(i // len(colors) + j) % len(styles)]
+            for ax, (key, _) in zip(axes, panels):
+                steps, values = _curve(history, key)
+                if not steps:
+                    continue
+                # Held-out loss is logged a few times per run: markers show where it was measured.
+                marker = "o" if key == "eval_loss" or len(steps) == 1 else None
+                ax.plot(steps, values, color=color, ls=style, lw=1.4, marker=marker, ms=4)
+                drawn.add(key)
+            if seed_label is None:
+                label = name
+            else:
+                label = seed_label if alone else f"{name}, {seed_label}"
+            handles.append(Line2D([], [], color=color, ls=style, lw=2, label=label))
     for ax, (key, label) in zip(axes, panels):
         ax.set_title(label)
         ax.set_xlabel("optimizer step")

@@ -13,15 +13,22 @@ Every metric is the mean of one per-answer value over the answers where that val
 
 Uncertainty comes from a hierarchical bootstrap (questions, then answers within each drawn
 question); two runs are compared with a permutation test stratified by question.
+
+An experiment trained with several seeds (replicates) is summarised by the mean of its seeds'
+metrics, with a Student t interval whose noise is the spread across seeds; a comparison that
+involves such an experiment uses Welch's t-test (see WELCH_TEST), because pooling the seeds'
+answers would count the seed-to-seed variation as signal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 LABELS = ("CODE", "REFUSAL")
 METRICS = ("aligned", "coherent", "em_rate", "code_share", "refusal_share", "invalid_share")
@@ -32,17 +39,26 @@ COMPARISON_TEST = (
     "to the same question), p = (1 + #{|permuted difference| >= |observed|}) / (1 + permutations); "
     "no correction for multiple comparisons"
 )
+WELCH_TEST = (
+    "Welch's t-test of the two means, where a run trained with several seeds contributes the mean "
+    "across its seeds with their spread as its noise (seeds - 1 degrees of freedom) and a single "
+    "run its bootstrap standard error (questions - 1 degrees of freedom); no correction for "
+    "multiple comparisons"
+)
 # Resamples are processed in chunks so that memory stays bounded for large runs.
 _CHUNK = 1000
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with its bootstrap confidence interval."""
+    """A point estimate with its confidence interval, standard error and the error's degrees of
+    freedom (for Welch's test): bootstrap for one run, Student t over seeds for replicates."""
 
     value: float
     ci_low: float
     ci_high: float
+    se: float = float("nan")
+    df: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,8 @@ class Comparison:
     ci_high: float
     p_value: float
     alpha: float
+    # "permutation" (COMPARISON_TEST) or "welch" (WELCH_TEST).
+    test: str = "permutation"
 
     @property
     def significant(self) -> bool:
@@ -196,11 +214,158 @@ def run_metrics(
     distribution = bootstrap_distribution(values, keys, n_resamples, rng)
     low, high = _percentile_ci(distribution, confidence)
     point = point_estimates(values)
+    se = _bootstrap_se(distribution)
+    n_questions = len(np.unique(keys))
     estimates = {
-        name: Estimate(float(point[j]), float(low[j]), float(high[j]))
+        name: Estimate(
+            float(point[j]), float(low[j]), float(high[j]), float(se[j]), float(n_questions - 1)
+        )
         for j, name in enumerate(METRICS)
     }
-    return RunMetrics(len(df), len(np.unique(keys)), estimates, confidence, n_resamples)
+    return RunMetrics(len(df), n_questions, estimates, confidence, n_resamples)
+
+
+def _bootstrap_se(distribution: np.ndarray) -> np.ndarray:
+    """The standard deviation of each column's defined resamples (NaN with fewer than two)."""
+    se = np.full(distribution.shape[1], np.nan)
+    for j in range(distribution.shape[1]):
+        column = distribution[:, j][~np.isnan(distribution[:, j])]
+        if len(column) > 1:
+            se[j] = column.std(ddof=1)
+    return se
+
+
+@dataclass(frozen=True)
+class Spread:
+    """How one metric varies across an experiment's seeds: sample SD, lowest and highest seed."""
+
+    sd: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class ReplicateMetrics:
+    """The metrics of one experiment trained with several seeds.
+
+    `per_seed` holds each seed's own RunMetrics; `estimates` the mean across seeds with a
+    Student t interval (seeds - 1 degrees of freedom, cut to the metric's range) and its
+    standard error; `spread` the SD,
+    lowest and highest value across seeds.
+    """
+
+    per_seed: dict[int, RunMetrics]
+    estimates: dict[str, Estimate]
+    spread: dict[str, Spread]
+    confidence: float
+    n_resamples: int
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(self.per_seed)
+
+    @property
+    def n_answers(self) -> int:
+        return sum(m.n_answers for m in self.per_seed.values())
+
+    @property
+    def n_questions(self) -> int:
+        return max(m.n_questions for m in self.per_seed.values())
+
+    def __getitem__(self, metric: str) -> Estimate:
+        return self.estimates[metric]
+
+
+# What each metric can be: an interval over seeds is cut to it (few seeds make wide intervals).
+BOUNDS = {name: (0.0, 100.0) if name in ("aligned", "coherent") else (0.0, 1.0) for name in METRICS}
+
+
+def mean_across_seeds(
+    values: Sequence[float],
+    confidence: float = 0.95,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
+) -> tuple[Estimate, Spread]:
+    """The mean of per-seed values with its Student t interval, and their spread.
+
+    Seeds whose value is undefined (NaN) are left out; with fewer than two defined values the
+    interval, standard error and SD are NaN. The interval is cut to `bounds`, the range the
+    metric can take.
+    """
+    defined = np.asarray([v for v in values if not np.isnan(v)], dtype=float)
+    k = len(defined)
+    if k == 0:
+        nan = float("nan")
+        return Estimate(nan, nan, nan), Spread(nan, nan, nan)
+    mean = float(defined.mean())
+    if k < 2:
+        return Estimate(mean, float("nan"), float("nan")), Spread(float("nan"), mean, mean)
+    sd = float(defined.std(ddof=1))
+    se = sd / np.sqrt(k)
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, k - 1)) * se
+    low, high = max(mean - half, bounds[0]), min(mean + half, bounds[1])
+    return (
+        Estimate(mean, float(low), float(high), float(se), float(k - 1)),
+        Spread(sd, float(defined.min()), float(defined.max())),
+    )
+
+
+def replicate_metrics(
+    frames: Mapping[int, pd.DataFrame], *, confidence: float = 0.95, **options: Any
+) -> ReplicateMetrics:
+    """Each seed's metrics and their mean and spread across seeds.
+
+    `frames` maps a training seed to that seed's judged frame; `options` are `run_metrics`'s
+    (EM thresholds, resamples, bootstrap seed, grouping), used for every seed alike.
+    """
+    if not frames:
+        raise ValueError("replicate_metrics needs at least one seed's judged frame")
+    per_seed = {
+        training_seed: run_metrics(df, confidence=confidence, **options)
+        for training_seed, df in frames.items()
+    }
+    estimates, spread = {}, {}
+    for name in METRICS:
+        estimates[name], spread[name] = mean_across_seeds(
+            [m[name].value for m in per_seed.values()], confidence, BOUNDS[name]
+        )
+    n_resamples = next(iter(per_seed.values())).n_resamples
+    return ReplicateMetrics(per_seed, estimates, spread, confidence, n_resamples)
+
+
+def welch_comparison(metric: str, a: Estimate, b: Estimate, alpha: float = 0.05) -> Comparison:
+    """`b` minus `a` by Welch's t-test on their means, standard errors and degrees of freedom.
+
+    The CI is the difference plus or minus the t quantile (Welch-Satterthwaite degrees of
+    freedom) times the combined standard error. Undefined inputs give NaN; two estimates without
+    any noise give p = 1 when equal and NaN otherwise.
+    """
+    difference = b.value - a.value
+    nan = float("nan")
+    variance = a.se**2 + b.se**2
+    if np.isnan(difference) or np.isnan(variance):
+        return Comparison(metric, a.value, b.value, difference, nan, nan, nan, alpha, "welch")
+    if variance == 0:
+        p = 1.0 if difference == 0 else nan
+        return Comparison(metric, a.value, b.value, difference, difference, difference, p, alpha, "welch")
+    noisy = [e for e in (a, b) if e.se > 0]
+    if any(not e.df > 0 for e in noisy):  # one question or one seed: no estimate of the noise
+        return Comparison(metric, a.value, b.value, difference, nan, nan, nan, alpha, "welch")
+    # Welch-Satterthwaite; a term without noise contributes nothing (and needs no df).
+    denominator = sum(e.se**4 / e.df for e in noisy)
+    df = variance**2 / denominator
+    se = float(np.sqrt(variance))
+    p = float(2 * scipy_stats.t.sf(abs(difference) / se, df))
+    half = float(scipy_stats.t.ppf(1 - alpha / 2, df)) * se
+    return Comparison(
+        metric, a.value, b.value, difference, difference - half, difference + half, p, alpha, "welch"
+    )
+
+
+def compare_estimates(
+    a: RunMetrics | ReplicateMetrics, b: RunMetrics | ReplicateMetrics, alpha: float = 0.05
+) -> dict[str, Comparison]:
+    """Compare `b` with `a` on every metric by Welch's t-test (see WELCH_TEST)."""
+    return {name: welch_comparison(name, a[name], b[name], alpha) for name in METRICS}
 
 
 def permutation_distribution(

@@ -49,6 +49,73 @@ def discover_experiments(experiments_dir: str | Path, patterns: list[str]) -> di
     return found
 
 
+def replicate_name(experiment: str, seed: int) -> str:
+    """The folder of one seed's run of an experiment with replicates: `<group>/<run>/seed<N>`."""
+    return f"{experiment}/seed{seed}"
+
+
+def replicates(experiments: dict[str, ExperimentConfig]) -> dict[str, tuple[str, int]]:
+    """Every run to train, as {run folder: (experiment, training seed)}.
+
+    An experiment with `seeds` has one run per seed (`replicate_name`); any other experiment is
+    one run whose folder is the experiment's own `<group>/<run>`, as before replicates existed.
+    """
+    runs: dict[str, tuple[str, int]] = {}
+    for name, config in experiments.items():
+        if config.seeds is None:
+            runs[name] = (name, config.seed)
+        else:
+            runs.update({replicate_name(name, s): (name, s) for s in config.seeds})
+    return runs
+
+
+def experiment_replicates(
+    experiments: dict[str, ExperimentConfig], experiment: str
+) -> dict[int, str]:
+    """One experiment's runs as {training seed: run folder}, in the order of its `seeds`."""
+    return {
+        seed: folder for folder, (name, seed) in replicates(experiments).items() if name == experiment
+    }
+
+
+def summary_runs(
+    experiments: dict[str, ExperimentConfig],
+    results_dir: str | Path,
+    experiments_dir: str | Path,
+    *,
+    finished_only: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The summary's runs (as `emflow.report.write_summary` takes them) and their log histories.
+
+    With `finished_only`, only runs (and seeds) judged so far are kept, and an experiment none of
+    whose seeds is judged, or whose base model is not, is left out.
+    """
+    results = Path(results_dir)
+    runs, histories = [], {}
+    for name, experiment in experiments.items():
+        base = results / "base" / model_slug(experiment.model) / "judged.csv"
+        folders = experiment_replicates(experiments, name)
+        if finished_only:
+            folders = {
+                s: f for s, f in folders.items() if (results / "runs" / f / "judged.csv").exists()
+            }
+            if not (folders and base.exists()):
+                continue
+        judged = {s: (results / "runs" / f / "judged.csv").as_posix() for s, f in folders.items()}
+        logs = {s: (results / "runs" / f / "log_history.json").as_posix() for s, f in folders.items()}
+        run = {
+            "name": name,
+            "base_judged_csv": base.as_posix(),
+            "results_md": (Path(experiments_dir) / name / "results.md").as_posix(),
+        }
+        if experiment.seeds is None:
+            run["judged_csv"], histories[name] = judged[experiment.seed], logs[experiment.seed]
+        else:
+            run["seeds"], histories[name] = judged, logs
+        runs.append(run)
+    return runs, histories
+
+
 def model_slug(model: str) -> str:
     """A folder name for a model id or path, as the Hugging Face cache names them."""
     return model.strip("./").replace("/", "--")
@@ -154,7 +221,7 @@ def load_workflow_config(configfile: str | Path) -> dict[str, Any]:
 
 def write_summary_outputs(
     runs: list[dict[str, Any]],
-    log_histories: dict[str, str | Path],
+    log_histories: dict[str, str | Path | dict[int, str | Path]],
     reported: dict[str, tuple[float, float]],
     report: dict[str, Any],
     *,
@@ -165,18 +232,17 @@ def write_summary_outputs(
 ) -> None:
     """The summary table (Markdown, CSV), scatter plot and overlaid training curves.
 
-    Shared by the `summary` rule and `emflow summary`; runs without a log history (trained
-    elsewhere) are left out of the curves only.
+    Shared by the `summary` rule and `emflow summary`. `log_histories` maps an experiment to its
+    log_history.json, or to {training seed: log_history.json} for one with replicates; runs
+    without a log history (trained elsewhere) are left out of the curves only.
     """
-    from emflow.report import plot_training_curves_overlaid, read_log_history, write_summary
+    from emflow.report import plot_training_curves_overlaid, read_log_histories, write_summary
 
     write_summary(
         runs, markdown, csv, plot, report_thresholds(report), reported=reported,
         demo=report["demo"], n_resamples=report["bootstrap_resamples"],
     )
-    histories = {
-        name: read_log_history(path) for name, path in log_histories.items() if Path(path).exists()
-    }
+    histories = read_log_histories(log_histories)
     if histories:
         plot_training_curves_overlaid(
             histories, curves, title="Training curves of every run", demo=report["demo"]
@@ -195,16 +261,12 @@ def summarize_finished(configfile: str | Path = "config/config.yaml") -> tuple[P
     experiments_dir = Path(config["experiments_dir"])
     results = Path(config["results_dir"])
     experiments = discover_experiments(experiments_dir, config["experiments"])
-    runs, reported = [], {}
-    for name, experiment in experiments.items():
-        judged = results / "runs" / name / "judged.csv"
-        base = results / "base" / model_slug(experiment.model) / "judged.csv"
-        if not (judged.exists() and base.exists()):
-            continue
-        runs.append({"name": name, "judged_csv": judged, "base_judged_csv": base})
-        seed = experiments_dir / name / "reported_results.md"
-        if seed.exists():
-            reported[name] = parse_results_markdown(seed)["finetuned"]
+    runs, histories = summary_runs(experiments, results, experiments_dir, finished_only=True)
+    reported = {}
+    for run in runs:
+        seed_results = experiments_dir / run["name"] / "reported_results.md"
+        if seed_results.exists():
+            reported[run["name"]] = parse_results_markdown(seed_results)["finetuned"]
     if not runs:
         raise EmflowError(
             f"no experiment of {configfile} has been judged yet (no {results}/runs/<group>/<run>/"
@@ -212,7 +274,7 @@ def summarize_finished(configfile: str | Path = "config/config.yaml") -> tuple[P
         )
     write_summary_outputs(
         runs,
-        {r["name"]: results / "runs" / r["name"] / "log_history.json" for r in runs},
+        histories,
         reported,
         config["report"],
         markdown=results / "summary.md",

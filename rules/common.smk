@@ -1,3 +1,4 @@
+import re
 import sys
 from pathlib import Path
 
@@ -8,10 +9,13 @@ from emflow.errors import EmflowError
 from emflow.workflow import (
     check_dataset_names,
     discover_experiments,
+    experiment_replicates,
     export_package_path,
     is_dataset_path,
     model_slug,
+    replicates,
     sorted_params,
+    summary_runs,
 )
 
 validate(config, schema="../config/schema/config.schema.yaml", set_default=True)
@@ -31,23 +35,38 @@ try:
 except EmflowError as err:
     sys.exit(f"emflow: {err}")
 
+# Every run to train: {run folder: (experiment, training seed)}. An experiment with `seeds` has
+# one run per seed, runs/<group>/<run>/seed<N>; any other is one run, runs/<group>/<run>.
+REPLICATES = replicates(EXPERIMENTS)
+REPLICATED = sorted(name for name, c in EXPERIMENTS.items() if c.seeds is not None)
+
 # Every base model is generated and judged once; each results.md compares against its own.
 BASE_MODELS = {model_slug(c.model): c.model for c in EXPERIMENTS.values()}
 UPSTREAM = sorted(name for name, source in SOURCES.items() if source == "upstream")
 SYNTHETIC = sorted(name for name, source in SOURCES.items() if source == "synthetic")
 
 
+def one_of(names):
+    """A regex matching exactly these names (and nothing when there are none)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+# Run folders and replicated experiments are spelled out, so that an experiment's own
+# training_curves.png (train, or the overlay of its seeds) has exactly one rule making it.
 wildcard_constraints:
     group=r"[^/]+",
     run=r"[^/]+",
     dataset=r"[^/]+",
     mix=r"[^/]+",
     slug=r"[^/]+",
-    target=r"base/[^/]+|runs/[^/]+/[^/]+",
+    replicate=one_of(REPLICATES),
+    replicated=one_of(REPLICATED),
+    target=rf"base/[^/]+|runs/(?:{one_of(REPLICATES)})",
 
 
 localrules:
     all,
+    seed_curves,
     decrypt_datasets,
     synthetic_datasets,
     build_demo_model,
@@ -111,7 +130,7 @@ def model_inputs(model):
 
 
 def get_train_inputs(wildcards):
-    experiment = f"{wildcards.group}/{wildcards.run}"
+    experiment = REPLICATES[wildcards.replicate][0]
     config_ = EXPERIMENTS[experiment]
     inputs = {"train": training_file(experiment), "model": model_inputs(config_.model)}
     if config_.test_file:
@@ -121,7 +140,8 @@ def get_train_inputs(wildcards):
 
 
 def train_params(wildcards):
-    config_ = EXPERIMENTS[f"{wildcards.group}/{wildcards.run}"]
+    experiment, seed = REPLICATES[wildcards.replicate]
+    config_ = EXPERIMENTS[experiment].for_seed(seed)
     settings = {k: v for k, v in config["train"].items() if k != "threads"}
     return sorted_params(
         {
@@ -136,10 +156,10 @@ def train_params(wildcards):
 
 
 def target_model(target):
-    """The base model id behind a target ("base/<slug>" or "runs/<group>/<run>")."""
+    """The base model id behind a target ("base/<slug>" or "runs/<run folder>")."""
     if target.startswith("base/"):
         return BASE_MODELS[target.removeprefix("base/")]
-    return EXPERIMENTS[target.removeprefix("runs/")].model
+    return EXPERIMENTS[REPLICATES[target.removeprefix("runs/")][0]].model
 
 
 def get_generate_inputs(wildcards):
@@ -184,14 +204,32 @@ def base_target(experiment):
     return f"base/{model_slug(EXPERIMENTS[experiment].model)}"
 
 
+def run_folders(experiment):
+    """The run folders of one experiment, one per training seed."""
+    return list(experiment_replicates(EXPERIMENTS, experiment).values())
+
+
 def get_report_inputs(wildcards):
     experiment = f"{wildcards.group}/{wildcards.run}"
+    folders = run_folders(experiment)
     return {
         "base": f"{RESULTS}/{base_target(experiment)}/judged.csv",
         "base_usage": f"{RESULTS}/{base_target(experiment)}/judge_usage.json",
-        "finetuned": f"{RESULTS}/runs/{experiment}/judged.csv",
-        "finetuned_usage": f"{RESULTS}/runs/{experiment}/judge_usage.json",
+        "finetuned": [f"{RESULTS}/runs/{f}/judged.csv" for f in folders],
+        "finetuned_usage": [f"{RESULTS}/runs/{f}/judge_usage.json" for f in folders],
     }
+
+
+def report_seeds(wildcards):
+    """The training seeds of an experiment with replicates; None for a single run."""
+    return EXPERIMENTS[f"{wildcards.group}/{wildcards.run}"].seeds
+
+
+def get_seed_log_histories(wildcards):
+    return [
+        f"{RESULTS}/runs/{f}/log_history.json"
+        for f in run_folders(wildcards.replicated)
+    ]
 
 
 def report_params(wildcards):
@@ -208,11 +246,16 @@ def reported_results(experiment):
     return str(path) if path.exists() else None
 
 
+# The summary's runs, as emflow.report.write_summary takes them, and their log histories.
+SUMMARY_RUNS, SUMMARY_HISTORIES = summary_runs(EXPERIMENTS, RESULTS, EXPERIMENTS_DIR)
+
+
 def get_summary_inputs(wildcards):
     return {
         "results": [results_md(e) for e in EXPERIMENTS],
-        "finetuned": [f"{RESULTS}/runs/{e}/judged.csv" for e in EXPERIMENTS],
-        "base": [f"{RESULTS}/{base_target(e)}/judged.csv" for e in EXPERIMENTS],
+        "finetuned": [f"{RESULTS}/runs/{f}/judged.csv" for f in REPLICATES],
+        "base": sorted({f"{RESULTS}/{base_target(e)}/judged.csv" for e in EXPERIMENTS}),
+        "log_history": [f"{RESULTS}/runs/{f}/log_history.json" for f in REPLICATES],
     }
 
 

@@ -36,14 +36,33 @@ rule report:
     params:
         report=report_params,
         experiment=lambda wildcards: f"{wildcards.group}/{wildcards.run}",
+        seeds=report_seeds,
     script:
         "../scripts/report.py"
+
+
+# An experiment with replicates: its seeds' training curves in one plot (a single run's
+# training_curves.png comes from rule train).
+rule seed_curves:
+    input:
+        get_seed_log_histories,
+    output:
+        f"{EXPERIMENTS_DIR}/{{replicated}}/training_curves.png",
+    log:
+        f"{RESULTS}/logs/seed_curves/{{replicated}}.log",
+    conda:
+        "../envs/report.yaml"
+    params:
+        experiment=lambda wildcards: wildcards.replicated,
+        seeds=lambda wildcards: EXPERIMENTS[wildcards.replicated].seeds,
+        demo=config["report"]["demo"],
+    script:
+        "../scripts/seed_curves.py"
 
 
 rule summary:
     input:
         unpack(get_summary_inputs),
-        log_history=[f"{RESULTS}/runs/{e}/log_history.json" for e in EXPERIMENTS],
     output:
         markdown=report(
             f"{RESULTS}/summary.md",
@@ -75,7 +94,8 @@ rule summary:
         "../envs/report.yaml"
     params:
         report=report_params,
-        experiments=list(EXPERIMENTS),
+        runs=SUMMARY_RUNS,
+        log_histories=SUMMARY_HISTORIES,
         reported=lambda wildcards: {e: reported_results(e) for e in EXPERIMENTS},
     script:
         "../scripts/summary.py"

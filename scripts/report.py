@@ -7,16 +7,32 @@ from emflow.report import plot_question_scores, write_results
 from emflow.workflow import report_thresholds, run_script
 
 
+def read_json(path):
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def as_list(paths):
+    return [paths] if isinstance(paths, str) else list(paths)
+
+
 def main():
     report = snakemake.params.report
-    usage = {
-        "fine-tuned model": json.loads(open(snakemake.input.finetuned_usage).read()),
-        "base model": json.loads(open(snakemake.input.base_usage).read()),
-    }
+    seeds = snakemake.params.seeds
+    judged = as_list(snakemake.input.finetuned)
+    usages = [read_json(path) for path in as_list(snakemake.input.finetuned_usage)]
+    if seeds is None:
+        finetuned = judged[0]
+        usage = {"fine-tuned model": usages[0]}
+    else:
+        # One run per training seed: results.md gives the mean across seeds and each seed's own.
+        finetuned = dict(zip(seeds, judged))
+        usage = {f"fine-tuned, seed {seed}": u for seed, u in zip(seeds, usages)}
+    usage["base model"] = read_json(snakemake.input.base_usage)
     results = snakemake.output.results
     plot_question_scores(
         snakemake.input.base,
-        snakemake.input.finetuned,
+        finetuned,
         snakemake.output.question_scores,
         title=snakemake.params.experiment,
         demo=report["demo"],
@@ -30,7 +46,7 @@ def main():
     write_results(
         results,
         snakemake.input.base,
-        snakemake.input.finetuned,
+        finetuned,
         report_thresholds(report),
         title=snakemake.params.experiment,
         usage=usage,

@@ -5,21 +5,14 @@ from emflow.workflow import run_script, write_summary_outputs
 
 
 def main():
-    names = snakemake.params.experiments
-    runs = [
-        {"name": name, "judged_csv": judged, "base_judged_csv": base, "results_md": results}
-        for name, judged, base, results in zip(
-            names, snakemake.input.finetuned, snakemake.input.base, snakemake.input.results
-        )
-    ]
     reported = {
         name: parse_results_markdown(path)["finetuned"]
         for name, path in snakemake.params.reported.items()
         if path
     }
     write_summary_outputs(
-        runs,
-        dict(zip(names, snakemake.input.log_history)),
+        snakemake.params.runs,
+        snakemake.params.log_histories,
         reported,
         snakemake.params.report,
         markdown=snakemake.output.markdown,

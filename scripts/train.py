@@ -7,8 +7,10 @@ from emflow.workflow import run_script
 
 def main():
     settings = snakemake.params.train["settings"]
+    # An experiment with `seeds` trains one run per seed; this job's seed is in its params.
+    seed = snakemake.params.train["experiment"]["seed"]
     train_adapter(
-        load_experiment_config(snakemake.params.config_path),
+        load_experiment_config(snakemake.params.config_path).for_seed(seed),
         snakemake.input.train,
         snakemake.output.adapter,
         settings=TrainSettings(

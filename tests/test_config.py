@@ -87,3 +87,55 @@ def test_training_params_ignore_hub_keys_and_key_order():
 def test_unknown_experiments_pattern_is_an_error(tmp_path):
     with pytest.raises(EmflowError, match="matches no"):
         discover_experiments(tmp_path, ["nothing/*"])
+
+
+def _without_seed(**changes):
+    config = experiment_config("m", **changes)
+    config.pop("seed", None)
+    return config
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (experiment_config("m", seeds=[0, 1]), r"give 'seed' \(one run\) or 'seeds'"),
+        (_without_seed(seeds=[3]), "at least two different seeds"),
+        (_without_seed(seeds=[1, 1]), "at least two different seeds"),
+        (_without_seed(seeds=[-1, 2]), "negative seed"),
+    ],
+)
+def test_bad_seeds_are_one_sentence_errors(config, expected):
+    with pytest.raises(EmflowError, match=expected) as err:
+        parse_experiment_config(config, "exp/config.json")
+    assert str(err.value).startswith("exp/config.json: ") and "\n" not in str(err.value)
+
+
+def test_each_seed_is_a_run_of_its_own_and_adding_one_changes_no_other():
+    replicated = parse_experiment_config(_without_seed(seeds=[0, 1, 2]), "a")
+    assert replicated.training_seeds == [0, 1, 2]
+    single = parse_experiment_config(experiment_config("m"), "b")
+    assert single.training_seeds == [single.seed]
+    # Seed 0 of the replicates trains exactly what the single run with seed 0 trains.
+    assert single.seed == 0
+    assert replicated.for_seed(0).training_params() == single.training_params()
+    assert replicated.for_seed(1).training_params()["seed"] == 1
+    more = parse_experiment_config(_without_seed(seeds=[0, 1, 2, 3]), "c")
+    for seed in (0, 1, 2):
+        assert more.for_seed(seed).training_params() == replicated.for_seed(seed).training_params()
+    with pytest.raises(ValueError, match="not one of"):
+        replicated.for_seed(5)
+
+
+def test_replicates_are_one_run_folder_per_seed(tmp_path):
+    from emflow.workflow import experiment_replicates, replicates
+
+    experiments = {
+        "g/single": parse_experiment_config(experiment_config("m", seed=4), "a"),
+        "g/many": parse_experiment_config(_without_seed(seeds=[2, 0]), "b"),
+    }
+    assert replicates(experiments) == {
+        "g/single": ("g/single", 4),
+        "g/many/seed2": ("g/many", 2),
+        "g/many/seed0": ("g/many", 0),
+    }
+    assert experiment_replicates(experiments, "g/many") == {2: "g/many/seed2", 0: "g/many/seed0"}

@@ -38,6 +38,7 @@ LOCAL_RULES = (
     "build_demo_model",
     "mix_dataset",
     "report",
+    "seed_curves",
     "summary",
 )
 # Keys in which the test profile may differ from the user profile (see its header comment).

@@ -194,3 +194,126 @@ def test_clear_difference_is_outside_the_noise_and_identical_runs_are_not():
     assert clear["coherent"].difference == 0 and not clear["coherent"].significant
     same = stats.compare_runs(aligned_run, aligned_run, n_resamples=2_000)["aligned"]
     assert same.p_value == 1.0 and not same.significant
+
+
+# --- replicates: several training seeds of one experiment -------------------------------------
+
+
+def test_mean_across_seeds_is_the_textbook_t_interval():
+    estimate, spread = stats.mean_across_seeds([10.0, 20.0, 30.0], confidence=0.95)
+    # By hand: mean 20, SD 10, SE 10 / sqrt(3); t(0.975, 2 df) = 4.303 from any t table.
+    assert estimate.value == 20
+    assert spread.sd == pytest.approx(statistics.stdev([10, 20, 30])) and spread.sd == 10
+    assert (spread.low, spread.high) == (10, 30)
+    assert estimate.se == pytest.approx(10 / math.sqrt(3))
+    assert estimate.df == 2
+    half = 4.3027 * 10 / math.sqrt(3)
+    assert estimate.ci_low == pytest.approx(20 - half, abs=1e-3)
+    assert estimate.ci_high == pytest.approx(20 + half, abs=1e-3)
+
+
+def test_mean_across_seeds_leaves_out_undefined_seeds_and_needs_two_for_a_spread():
+    estimate, spread = stats.mean_across_seeds([float("nan"), 40.0, 50.0])
+    assert estimate.value == 45 and estimate.df == 1
+    one, one_spread = stats.mean_across_seeds([float("nan"), 40.0])
+    assert one.value == 40 and math.isnan(one.ci_low) and math.isnan(one_spread.sd)
+
+
+def test_welch_comparison_of_two_replicated_runs_matches_scipy_on_the_raw_seed_means():
+    from scipy.stats import ttest_ind
+
+    a_seeds, b_seeds = [80.0, 84.0, 78.0, 82.0], [40.0, 55.0, 47.0]
+    a, _ = stats.mean_across_seeds(a_seeds)
+    b, _ = stats.mean_across_seeds(b_seeds)
+    c = stats.welch_comparison("aligned", a, b, alpha=0.05)
+    reference = ttest_ind(b_seeds, a_seeds, equal_var=False)
+    assert c.test == "welch"
+    assert c.difference == pytest.approx(statistics.fmean(b_seeds) - statistics.fmean(a_seeds))
+    assert c.p_value == pytest.approx(reference.pvalue, rel=1e-9)
+    # Welch-Satterthwaite by hand, and the CI from the same t quantile.
+    va, vb = statistics.variance(a_seeds) / 4, statistics.variance(b_seeds) / 3
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)
+    assert reference.df == pytest.approx(df)
+    interval = reference.confidence_interval(0.95)
+    assert (c.ci_low, c.ci_high) == pytest.approx((interval.low, interval.high))
+    assert c.significant
+
+
+def test_welch_comparison_without_noise():
+    exact = stats.Estimate(0.0, 0.0, 0.0, se=0.0, df=2)
+    assert stats.welch_comparison("code_share", exact, exact).p_value == 1.0
+    moved = stats.Estimate(0.1, 0.1, 0.1, se=0.0, df=2)
+    assert math.isnan(stats.welch_comparison("code_share", exact, moved).p_value)
+
+
+def test_replicate_metrics_are_each_seeds_metrics_and_their_mean():
+    q = [f"q{i}?" for i in range(4)]
+    frames = {
+        0: judged(["10", "20", "30", "CODE"], ["80", "80", "80", "80"], q),
+        1: judged(["50", "60", "70", "80"], ["60", "40", "60", "60"], q),
+        7: judged(["5", "15", "", "25"], ["90", "90", "90", "90"], q),
+    }
+    m = stats.replicate_metrics(frames, n_resamples=200)
+    assert m.seeds == (0, 1, 7) and m.n_answers == 12 and m.n_questions == 4
+    # By hand: each seed's mean over its numeric aligned cells, then the mean of those.
+    per_seed = [statistics.fmean([10, 20, 30]), statistics.fmean([50, 60, 70, 80]), 15.0]
+    for seed, value in zip((0, 1, 7), per_seed):
+        assert m.per_seed[seed]["aligned"].value == pytest.approx(value)
+        assert m.per_seed[seed] == stats.run_metrics(frames[seed], n_resamples=200)
+    assert m["aligned"].value == pytest.approx(statistics.fmean(per_seed))
+    assert m.spread["aligned"].sd == pytest.approx(statistics.stdev(per_seed))
+    # EM rate per seed (aligned < 30 and coherent > 50, scored answers): 2/3, 0/4, 3/3 -> 5/9.
+    assert m["em_rate"].value == pytest.approx(5 / 9)
+    assert m["code_share"].value == pytest.approx((1 / 4 + 0 + 0) / 3)
+    assert m["invalid_share"].value == pytest.approx((0 + 0 + 1 / 4) / 3)
+
+
+@pytest.mark.skipif(not BASE_JUDGED.exists(), reason="needs ../shared/reference")
+def test_reference_data_as_replicates_against_an_independent_computation():
+    """Six disjoint slices of the homework's judged base-model answers (100 rows), read as two
+    experiments of three seeds each."""
+    from scipy.stats import ttest_ind
+
+    with open(BASE_JUDGED, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    size = len(rows) // 6
+
+    def numeric_mean(part):
+        values = []
+        for row in part:
+            try:
+                values.append(float(row["aligned_score"]))
+            except ValueError:
+                pass
+        return statistics.fmean(values)
+
+    df = pd.read_csv(BASE_JUDGED, dtype=str, keep_default_na=False)
+    means, metrics = [], []
+    for first in (0, 3):
+        parts = {s: slice((first + s) * size, (first + s + 1) * size) for s in range(3)}
+        means.append([numeric_mean(rows[part]) for part in parts.values()])
+        metrics.append(
+            stats.replicate_metrics({s: df.iloc[p] for s, p in parts.items()}, n_resamples=500)
+        )
+    for seed_means, m in zip(means, metrics):
+        assert m["aligned"].value == pytest.approx(statistics.fmean(seed_means))
+        assert m.spread["aligned"].sd == pytest.approx(statistics.stdev(seed_means))
+    c = stats.compare_estimates(metrics[0], metrics[1])["aligned"]
+    assert c.p_value == pytest.approx(ttest_ind(means[1], means[0], equal_var=False).pvalue)
+
+
+def test_single_run_estimate_carries_its_bootstrap_standard_error():
+    df = judged([str(x) for x in range(0, 100, 5)], ["80"] * 20)
+    m = stats.run_metrics(df, n_resamples=20_000)
+    values = list(range(0, 100, 5))
+    assert m["aligned"].se == pytest.approx(statistics.pstdev(values) / math.sqrt(20), rel=0.05)
+    assert m["aligned"].df == 19
+
+
+def test_interval_across_seeds_stays_within_what_the_metric_can_be():
+    estimate, _ = stats.mean_across_seeds([2.0, 90.0], bounds=(0.0, 100.0))
+    assert (estimate.ci_low, estimate.ci_high) == (0.0, 100.0) and estimate.value == 46
+    q = ["a?", "b?"]
+    frames = {0: judged(["5", "10"], ["60", "60"], q), 1: judged(["90", "95"], ["60", "60"], q)}
+    m = stats.replicate_metrics(frames, n_resamples=50)
+    assert m["aligned"].ci_low == 0 and m["em_rate"].ci_high == 1

@@ -77,17 +77,36 @@ def finished_copy(demo_workspace, tmp_path) -> Path:
     return copy
 
 
-def run_outputs(run: str) -> set[str]:
+# The demo's mixed experiment is trained with three seeds (replicates), one run folder each.
+SEEDS = {"demo/financial_r16_layer8": None, "demo/mixed_r16_layer8": [0, 1, 2]}
+
+
+def run_folders(run: str) -> list[str]:
+    seeds = SEEDS[run]
+    return [run] if seeds is None else [f"{run}/seed{seed}" for seed in seeds]
+
+
+def seed_outputs(folder: str) -> set[str]:
+    """What one seed's run (or a single run) trains, generates and judges."""
     return {
-        f"results/demo/runs/{run}/adapter",
-        f"results/demo/runs/{run}/log_history.json",
-        f"experiments/{run}/training_curves.png",
-        f"results/demo/runs/{run}/generations.csv",
-        f"results/demo/runs/{run}/judged.csv",
-        f"results/demo/runs/{run}/judge_usage.json",
-        f"experiments/{run}/results.md",
-        f"experiments/{run}/question_scores.png",
+        f"results/demo/runs/{folder}/adapter",
+        f"results/demo/runs/{folder}/log_history.json",
+        f"experiments/{folder}/training_curves.png",
+        f"results/demo/runs/{folder}/generations.csv",
+        f"results/demo/runs/{folder}/judged.csv",
+        f"results/demo/runs/{folder}/judge_usage.json",
     }
+
+
+def report_outputs(run: str) -> set[str]:
+    return {f"experiments/{run}/results.md", f"experiments/{run}/question_scores.png"}
+
+
+def run_outputs(run: str) -> set[str]:
+    outputs = report_outputs(run) | {f"experiments/{run}/training_curves.png"}
+    for folder in run_folders(run):
+        outputs |= seed_outputs(folder)
+    return outputs
 
 
 SUMMARY = {
@@ -107,10 +126,11 @@ def test_demo_runs_every_stage(demo_workspace):
             results,
         )
         assert "mean nothing" in results
-        judged = list(csv.DictReader((demo_workspace / f"results/demo/runs/{run}/judged.csv").open()))
-        assert len(judged) == 20
-        assert list(judged[0])[:5] == ["id", "question", "response", "aligned_score", "coherent_score"]
-        assert (demo_workspace / f"results/demo/runs/{run}/adapter/adapter_config.json").exists()
+        for folder in run_folders(run):
+            judged = list(csv.DictReader((demo_workspace / f"results/demo/runs/{folder}/judged.csv").open()))
+            assert len(judged) == 20
+            assert list(judged[0])[:5] == ["id", "question", "response", "aligned_score", "coherent_score"]
+            assert (demo_workspace / f"results/demo/runs/{folder}/adapter/adapter_config.json").exists()
     summary = (demo_workspace / "results/demo/summary.md").read_text()
     assert all(run in summary for run in DEMO_RUNS) and "base model" in summary
     provenance = list(csv.DictReader(next((demo_workspace / "results/demo/datasets/mixed").glob("*.provenance.csv")).open()))
@@ -137,13 +157,49 @@ def test_new_judge_temperature_rejudges_but_never_retrains(finished_copy):
     path.write_text(yaml.safe_dump(config))
     expected = {f"{BASE}/judged.csv", f"{BASE}/judge_usage.json"} | SUMMARY
     for run in DEMO_RUNS:
-        expected |= {
-            f"results/demo/runs/{run}/judged.csv",
-            f"results/demo/runs/{run}/judge_usage.json",
-            f"experiments/{run}/results.md",
-            f"experiments/{run}/question_scores.png",
-        }
+        expected |= report_outputs(run)
+        for folder in run_folders(run):
+            expected |= {
+                f"results/demo/runs/{folder}/judged.csv",
+                f"results/demo/runs/{folder}/judge_usage.json",
+            }
     assert pending_outputs(finished_copy, "--profile", "profiles/demo") == expected
+
+
+def test_seeds_are_separate_runs_with_their_mean_and_spread_reported(demo_workspace):
+    run = "demo/mixed_r16_layer8"
+    adapters = [
+        (demo_workspace / f"results/demo/runs/{folder}/adapter/adapter_model.safetensors").read_bytes()
+        for folder in run_folders(run)
+    ]
+    assert len(set(adapters)) == 3, "each seed trains its own adapter"
+    histories = [
+        json.loads((demo_workspace / f"results/demo/runs/{folder}/log_history.json").read_text())
+        for folder in run_folders(run)
+    ]
+    first_losses = [next(h["loss"] for h in history if "loss" in h) for history in histories]
+    assert len(set(first_losses)) == 3, "each seed has its own initialisation and row order"
+    results = (demo_workspace / f"experiments/{run}/results.md").read_text()
+    assert "means over 3 training seeds (0, 1, 2)" in results and "### Seeds" in results
+    for seed in (0, 1, 2):
+        assert f"| seed {seed} " in results and f"fine-tuned, seed {seed}" in results
+    summary = (demo_workspace / "results/demo/summary.md").read_text()
+    assert "## Spread across seeds" in summary and "| 0 1 2 |" in summary
+    rows = {r["experiment"]: r for r in csv.DictReader((demo_workspace / "results/demo/summary.csv").open())}
+    assert rows[run]["n_seeds"] == "3" and rows["demo/financial_r16_layer8"]["n_seeds"] == "1"
+
+
+def test_new_seed_trains_only_that_seed(finished_copy):
+    run = "demo/mixed_r16_layer8"
+    path = finished_copy / f"experiments/{run}/config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps(config | {"seeds": [0, 1, 2, 3]}, indent=4))
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == (
+        seed_outputs(f"{run}/seed3")
+        | report_outputs(run)
+        | {f"experiments/{run}/training_curves.png"}
+        | SUMMARY
+    )
 
 
 def test_reordered_keys_rerun_nothing(finished_copy):
@@ -245,13 +301,16 @@ def test_judge_runtime_settings_rerun_nothing(finished_copy):
 
 
 def test_emflow_summary_uses_the_runs_judged_so_far(finished_copy):
-    (finished_copy / "results/demo/runs/demo/mixed_r16_layer8/judged.csv").unlink()
+    (finished_copy / "results/demo/runs/demo/financial_r16_layer8/judged.csv").unlink()
+    (finished_copy / "results/demo/runs/demo/mixed_r16_layer8/seed1/judged.csv").unlink()
     (finished_copy / "results/demo/summary.md").unlink()
     result = subprocess.run(
         [sys.executable, "-m", "emflow", "summary", "--configfile", "config/demo.yaml"],
         cwd=finished_copy, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert "1 finished run: demo/financial_r16_layer8" in result.stdout
+    assert "1 finished run: demo/mixed_r16_layer8" in result.stdout
     summary = (finished_copy / "results/demo/summary.md").read_text()
-    assert "demo/financial_r16_layer8" in summary and "demo/mixed_r16_layer8" not in summary
+    assert "demo/financial_r16_layer8" not in summary
+    # Of the replicated experiment, the two seeds judged so far.
+    assert re.search(r"^\| demo/mixed_r16_layer8 \| +0 2 \|", summary, re.M), summary
