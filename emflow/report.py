@@ -618,15 +618,13 @@ def _marked(row: _Row, metric: str, kind: str, ci: bool = True) -> str:
 def _tests_footnote(comparisons: Sequence[stats.Comparison]) -> str:
     """The test(s) behind a set of comparisons, as a reader needs them named."""
     tests = dict.fromkeys(c.test for c in comparisons)
-    named = {
-        "permutation": f"{stats.COMPARISON_TEST}",
-        "welch": f"{stats.WELCH_TEST}",
-    }
+    named = {"permutation": stats.COMPARISON_TEST, "welch": stats.WELCH_TEST}
     if len(tests) == 1:
         return named[next(iter(tests))]
     return (
-        f"for two single runs, {named['permutation']}; where a run has several seeds, "
-        f"{named['welch']}"
+        f"for two single runs, {named['permutation'].removesuffix(stats.NO_CORRECTION)}; "
+        f"where a run has several seeds, {named['welch'].removesuffix(stats.NO_CORRECTION)}"
+        f"{stats.NO_CORRECTION}"
     )
 
 

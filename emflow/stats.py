@@ -34,16 +34,16 @@ LABELS = ("CODE", "REFUSAL")
 METRICS = ("aligned", "coherent", "em_rate", "code_share", "refusal_share", "invalid_share")
 SCORE_COLUMNS = ("aligned_score", "coherent_score")
 # Named in reports' footnotes, so that a reader knows what "outside the noise" means.
+NO_CORRECTION = "; no correction for multiple comparisons"
 COMPARISON_TEST = (
     "two-sided permutation test stratified by question (run labels shuffled among the answers "
-    "to the same question), p = (1 + #{|permuted difference| >= |observed|}) / (1 + permutations); "
-    "no correction for multiple comparisons"
+    "to the same question), p = (1 + #{|permuted difference| >= |observed|}) / (1 + permutations)"
+    + NO_CORRECTION
 )
 WELCH_TEST = (
-    "Welch's t-test of the two means, where a run trained with several seeds contributes the mean "
-    "across its seeds with their spread as its noise (seeds - 1 degrees of freedom) and a single "
-    "run its bootstrap standard error (questions - 1 degrees of freedom); no correction for "
-    "multiple comparisons"
+    "Welch's t-test of the two means (a run with several seeds: the mean across its seeds, with "
+    "their spread as its noise and seeds - 1 degrees of freedom; a single run: its bootstrap "
+    "standard error, with questions - 1 degrees of freedom)" + NO_CORRECTION
 )
 # Resamples are processed in chunks so that memory stays bounded for large runs.
 _CHUNK = 1000
