@@ -281,36 +281,26 @@ def results_markdown(
         n_resamples=n_resamples,
         seed=seed,
     )
-    base_df = _as_frame(base, rows)
+    base_df, base_metrics = _judged_run(base, rows, alpha, options)
     base_means = mean_scores(base_df)
-    base_metrics = stats.run_metrics(base_df, confidence=1 - alpha, **options)
-    if isinstance(finetuned, Mapping):
-        frames = {int(s): _as_frame(f, rows) for s, f in finetuned.items()}
-        tuned_metrics = stats.replicate_metrics(frames, confidence=1 - alpha, **options)
-        seed_means = {s: mean_scores(df) for s, df in frames.items()}
-        # The homework's line for replicates: the mean over seeds of each seed's own mean.
-        tuned_means = (
-            stats.mean_across_seeds([m[0] for m in seed_means.values()])[0].value,
-            stats.mean_across_seeds([m[1] for m in seed_means.values()])[0].value,
-        )
-        comparisons = stats.compare_estimates(base_metrics, tuned_metrics, alpha)
-        seed_comparisons = {
-            s: stats.compare_runs(base_df, df, alpha=alpha, **options) for s, df in frames.items()
-        }
-    else:
-        tuned_df = _as_frame(finetuned, rows)
-        tuned_means = mean_scores(tuned_df)
-        tuned_metrics = stats.run_metrics(tuned_df, confidence=1 - alpha, **options)
-        comparisons = stats.compare_runs(base_df, tuned_df, alpha=alpha, **options)
+    tuned, tuned_metrics = _judged_run(finetuned, rows, alpha, options)
+    comparisons = _compare(base_df, base_metrics, tuned, tuned_metrics, alpha, options)
     replicated = isinstance(tuned_metrics, stats.ReplicateMetrics)
+    # The homework's line; for replicates, the mean over seeds of each seed's own mean.
+    tuned_means = (
+        (tuned_metrics["aligned"].value, tuned_metrics["coherent"].value)
+        if replicated
+        else mean_scores(tuned)
+    )
     passed, verdict_line = verdict(*tuned_means, t)
 
     seed_note = ""
     if replicated:
-        passing = sum(verdict(*m, t)[0] for m in seed_means.values())
+        seeds = tuned_metrics.seeds
         seed_note = (
-            f" Fine-tuned scores are means over {len(frames)} training seeds "
-            f"({', '.join(map(str, frames))}); {passing} of {len(frames)} seeds pass on their own."
+            f" Fine-tuned scores are means over {len(seeds)} training seeds "
+            f"({', '.join(map(str, seeds))}); {_seeds_passing(tuned_metrics, t)} of {len(seeds)} "
+            "seeds pass on their own."
         )
     parts = [
         # Byte for byte the seed's layout, so that a diff against the seed's files is clean.
@@ -339,11 +329,11 @@ def results_markdown(
                 _fmt_p(c.p_value) + (" *" if c.significant else ""),
             )
         )
-    tuned_header = f"fine-tuned (mean of {len(frames)} seeds)" if replicated else "fine-tuned"
+    tuned_header = f"fine-tuned (mean of {len(seeds)} seeds)" if replicated else "fine-tuned"
     if replicated:
         answers = (
             f"fine-tuned: {tuned_metrics.n_answers} answers to {tuned_metrics.n_questions} "
-            f"questions from {len(frames)} seeds"
+            f"questions from {len(seeds)} seeds"
         )
         intervals = (
             f"- CIs: base model: percentile bootstrap, {n_resamples} resamples (questions, then "
@@ -373,11 +363,43 @@ def results_markdown(
         f"{intervals}"
     )
     if replicated:
-        parts.append(_seeds_section(tuned_metrics, seed_means, seed_comparisons, t, alpha, level))
+        seed_comparisons = {
+            seed: stats.compare_runs(base_df, df, alpha=alpha, **options) for seed, df in tuned.items()
+        }
+        parts.append(_seeds_section(tuned_metrics, seed_comparisons, t, alpha, level))
     if plots:
         parts.append("### Plots\n\n" + "\n\n".join(f"![{text}]({path})" for text, path in plots))
     parts.append("### Judge usage\n\n" + usage_markdown(usage))
     return "\n\n".join(parts) + "\n"
+
+
+def _judged_run(
+    judged: pd.DataFrame | str | os.PathLike | Mapping[int, pd.DataFrame | str | os.PathLike],
+    rows: int | None,
+    alpha: float,
+    options: Mapping[str, Any],
+) -> tuple[pd.DataFrame | dict[int, pd.DataFrame], stats.RunMetrics | stats.ReplicateMetrics]:
+    """A run's judged frame and metrics, or for replicates {seed: frame} and their metrics."""
+    if isinstance(judged, Mapping):
+        frames = {int(seed): _as_frame(path, rows) for seed, path in judged.items()}
+        return frames, stats.replicate_metrics(frames, confidence=1 - alpha, **options)
+    df = _as_frame(judged, rows)
+    return df, stats.run_metrics(df, confidence=1 - alpha, **options)
+
+
+def _compare(a, a_metrics, b, b_metrics, alpha: float, options: Mapping[str, Any]):
+    """Run b against run a (as `_judged_run` returns them): the permutation test for two single
+    runs, Welch's t-test on the means where either has several seeds (see `stats`)."""
+    if isinstance(a_metrics, stats.ReplicateMetrics) or isinstance(b_metrics, stats.ReplicateMetrics):
+        return stats.compare_estimates(a_metrics, b_metrics, alpha)
+    return stats.compare_runs(a, b, alpha=alpha, **options)
+
+
+def _seeds_passing(metrics: stats.ReplicateMetrics, t: Thresholds) -> int:
+    """How many of an experiment's seeds pass the thresholds on their own."""
+    return sum(
+        verdict(m["aligned"].value, m["coherent"].value, t)[0] for m in metrics.per_seed.values()
+    )
 
 
 def _fmt_difference(c: stats.Comparison, kind: str) -> str:
@@ -392,7 +414,6 @@ def _fmt_difference(c: stats.Comparison, kind: str) -> str:
 
 def _seeds_section(
     metrics: stats.ReplicateMetrics,
-    seed_means: Mapping[int, tuple[float, float]],
     seed_comparisons: Mapping[int, Mapping[str, stats.Comparison]],
     t: Thresholds,
     alpha: float,
@@ -409,7 +430,7 @@ def _seeds_section(
                 f"seed {training_seed}",
                 *(_fmt_ci(m[name], kinds[name]) + ("*" if c[name].significant else " ") for name in shown),
                 " / ".join(_fmt(m[name].value, "share") for name in _LABEL_SHARES),
-                "PASS" if verdict(*seed_means[training_seed], t)[0] else "FAIL",
+                "PASS" if verdict(m["aligned"].value, m["coherent"].value, t)[0] else "FAIL",
             )
         )
     body.append(
@@ -531,7 +552,8 @@ def write_summary(
     )
     bases: dict[tuple[str, str], tuple[_Row, pd.DataFrame]] = {}
     table: list[_Row] = []
-    frames: dict[str, pd.DataFrame] = {}
+    # Each run's judged frame, or {seed: frame} for one with replicates.
+    frames: dict[str, pd.DataFrame | dict[int, pd.DataFrame]] = {}
     for run in runs:
         unknown = set(run) - _RUN_KEYS
         missing = {"name"} - set(run)
@@ -545,8 +567,7 @@ def write_summary(
         if run.get("base_judged_csv"):
             base_key = (str(run.get("base_name", "base model")), str(run["base_judged_csv"]))
             if base_key not in bases:
-                base_df = _as_frame(run["base_judged_csv"], rows)
-                metrics = stats.run_metrics(base_df, confidence=1 - alpha, **options)
+                base_df, metrics = _judged_run(run["base_judged_csv"], rows, alpha, options)
                 means = (metrics["aligned"].value, metrics["coherent"].value)
                 bases[base_key] = (
                     _Row(
@@ -555,25 +576,15 @@ def write_summary(
                     ),
                     base_df,
                 )
-        seeds_passing = None
-        if "seeds" in run:
-            seed_frames = {int(s): _as_frame(path, rows) for s, path in run["seeds"].items()}
-            metrics = stats.replicate_metrics(seed_frames, confidence=1 - alpha, **options)
-            seeds_passing = sum(verdict(*mean_scores(df), t)[0] for df in seed_frames.values())
-            comparisons = (
-                stats.compare_estimates(bases[base_key][0].metrics, metrics, alpha)
-                if base_key
-                else None
-            )
-        else:
-            df = _as_frame(run["judged_csv"], rows)
-            frames[name] = df
-            metrics = stats.run_metrics(df, confidence=1 - alpha, **options)
-            comparisons = (
-                stats.compare_runs(bases[base_key][1], df, alpha=alpha, **options)
-                if base_key
-                else None
-            )
+        judged = run["seeds"] if "seeds" in run else run["judged_csv"]
+        frames[name], metrics = _judged_run(judged, rows, alpha, options)
+        comparisons = None
+        if base_key:
+            base_row, base_df = bases[base_key]
+            comparisons = _compare(base_df, base_row.metrics, frames[name], metrics, alpha, options)
+        seeds_passing = (
+            _seeds_passing(metrics, t) if isinstance(metrics, stats.ReplicateMetrics) else None
+        )
         group = str(run.get("group", name.rsplit("/", 1)[0] if "/" in name else ""))
         means = (metrics["aligned"].value, metrics["coherent"].value)
         table.append(
@@ -592,12 +603,9 @@ def write_summary(
     for group, members in by_group.items():
         for i, a in enumerate(members):
             for b in members[i + 1 :]:
-                if a.replicated or b.replicated:
-                    comparison = stats.compare_estimates(a.metrics, b.metrics, alpha)
-                else:
-                    comparison = stats.compare_runs(
-                        frames[a.name], frames[b.name], alpha=alpha, **options
-                    )
+                comparison = _compare(
+                    frames[a.name], a.metrics, frames[b.name], b.metrics, alpha, options
+                )
                 pairs.append((group, a, b, comparison))
 
     write_text_atomic(summary_md, _summary_markdown(all_rows, pairs, t, alpha, n_resamples, demo))

@@ -250,19 +250,24 @@ class ReplicateMetrics:
 
     `per_seed` holds each seed's own RunMetrics; `estimates` the mean across seeds with a
     Student t interval (seeds - 1 degrees of freedom, cut to the metric's range) and its
-    standard error; `spread` the SD,
-    lowest and highest value across seeds.
+    standard error; `spread` the SD, lowest and highest value across seeds.
     """
 
     per_seed: dict[int, RunMetrics]
     estimates: dict[str, Estimate]
     spread: dict[str, Spread]
-    confidence: float
-    n_resamples: int
 
     @property
     def seeds(self) -> tuple[int, ...]:
         return tuple(self.per_seed)
+
+    @property
+    def confidence(self) -> float:
+        return next(iter(self.per_seed.values())).confidence
+
+    @property
+    def n_resamples(self) -> int:
+        return next(iter(self.per_seed.values())).n_resamples
 
     @property
     def n_answers(self) -> int:
@@ -328,8 +333,7 @@ def replicate_metrics(
         estimates[name], spread[name] = mean_across_seeds(
             [m[name].value for m in per_seed.values()], confidence, BOUNDS[name]
         )
-    n_resamples = next(iter(per_seed.values())).n_resamples
-    return ReplicateMetrics(per_seed, estimates, spread, confidence, n_resamples)
+    return ReplicateMetrics(per_seed, estimates, spread)
 
 
 def welch_comparison(metric: str, a: Estimate, b: Estimate, alpha: float = 0.05) -> Comparison:

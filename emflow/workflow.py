@@ -54,27 +54,23 @@ def replicate_name(experiment: str, seed: int) -> str:
     return f"{experiment}/seed{seed}"
 
 
-def replicates(experiments: dict[str, ExperimentConfig]) -> dict[str, tuple[str, int]]:
-    """Every run to train, as {run folder: (experiment, training seed)}.
+def experiment_replicates(experiment: str, config: ExperimentConfig) -> dict[int, str]:
+    """One experiment's runs as {training seed: run folder}, in the order of its `seeds`.
 
     An experiment with `seeds` has one run per seed (`replicate_name`); any other experiment is
     one run whose folder is the experiment's own `<group>/<run>`, as before replicates existed.
     """
-    runs: dict[str, tuple[str, int]] = {}
-    for name, config in experiments.items():
-        if config.seeds is None:
-            runs[name] = (name, config.seed)
-        else:
-            runs.update({replicate_name(name, s): (name, s) for s in config.seeds})
-    return runs
+    if config.seeds is None:
+        return {config.seed: experiment}
+    return {seed: replicate_name(experiment, seed) for seed in config.seeds}
 
 
-def experiment_replicates(
-    experiments: dict[str, ExperimentConfig], experiment: str
-) -> dict[int, str]:
-    """One experiment's runs as {training seed: run folder}, in the order of its `seeds`."""
+def replicates(experiments: dict[str, ExperimentConfig]) -> dict[str, tuple[str, int]]:
+    """Every run to train, as {run folder: (experiment, training seed)}."""
     return {
-        seed: folder for folder, (name, seed) in replicates(experiments).items() if name == experiment
+        folder: (name, seed)
+        for name, config in experiments.items()
+        for seed, folder in experiment_replicates(name, config).items()
     }
 
 
@@ -94,7 +90,7 @@ def summary_runs(
     runs, histories = [], {}
     for name, experiment in experiments.items():
         base = results / "base" / model_slug(experiment.model) / "judged.csv"
-        folders = experiment_replicates(experiments, name)
+        folders = experiment_replicates(name, experiment)
         if finished_only:
             folders = {
                 s: f for s, f in folders.items() if (results / "runs" / f / "judged.csv").exists()

@@ -206,7 +206,7 @@ def base_target(experiment):
 
 def run_folders(experiment):
     """The run folders of one experiment, one per training seed."""
-    return list(experiment_replicates(EXPERIMENTS, experiment).values())
+    return list(experiment_replicates(experiment, EXPERIMENTS[experiment]).values())
 
 
 def get_report_inputs(wildcards):

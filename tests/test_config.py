@@ -138,4 +138,8 @@ def test_replicates_are_one_run_folder_per_seed(tmp_path):
         "g/many/seed2": ("g/many", 2),
         "g/many/seed0": ("g/many", 0),
     }
-    assert experiment_replicates(experiments, "g/many") == {2: "g/many/seed2", 0: "g/many/seed0"}
+    assert experiment_replicates("g/many", experiments["g/many"]) == {
+        2: "g/many/seed2",
+        0: "g/many/seed0",
+    }
+    assert experiment_replicates("g/single", experiments["g/single"]) == {4: "g/single"}
