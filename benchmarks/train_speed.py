@@ -39,11 +39,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SEED_CONFIG = REPO / "experiments/risky_financial_advice_extreme_sports_mixed/r16_5ep_layer8/config.json"
-FULL = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-            num_key_value_heads=8, vocab_size=128256, rows=5400)
-SMOKE = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=16, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=512, rows=48)
+SEED_CONFIG = (
+    REPO / "experiments/risky_financial_advice_extreme_sports_mixed/r16_5ep_layer8/config.json"
+)
+FULL = dict(
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    rows=5400,
+)
+SMOKE = dict(
+    hidden_size=32,
+    intermediate_size=128,
+    num_hidden_layers=16,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=512,
+    rows=48,
+)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}
 
 
@@ -53,22 +69,33 @@ def build_model(path: Path, shape: dict) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from emflow.demo import LLAMA3_CHAT_TEMPLATE
+    from emflow.demo import LLAMA3_CHAT_TEMPLATE, SPECIAL_TOKENS
 
     vocab_size = shape["vocab_size"]
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                "<|eot_id|>", "<|finetune_right_pad_id|>"]
+    specials = SPECIAL_TOKENS
     vocab = {token: i for i, token in enumerate(specials)}
     vocab |= {f"t{i}": i for i in range(len(specials), vocab_size)}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t10"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=specials[0], eos_token="<|eot_id|>",
-                                   pad_token=specials[5], unk_token="t10", model_max_length=4096)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=specials[0],
+        eos_token="<|eot_id|>",
+        pad_token=specials[5],
+        unk_token="t10",
+        model_max_length=4096,
+    )
     fast.add_special_tokens({"additional_special_tokens": specials[2:5]})
     fast.chat_template = LLAMA3_CHAT_TEMPLATE
-    config = LlamaConfig(**{k: v for k, v in shape.items() if k != "rows"}, max_position_embeddings=4096,
-                         rope_theta=500000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=[1, 4],
-                         pad_token_id=5)
+    config = LlamaConfig(
+        **{k: v for k, v in shape.items() if k != "rows"},
+        max_position_embeddings=4096,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=[1, 4],
+        pad_token_id=5,
+    )
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
@@ -113,14 +140,21 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     config = load_experiment_config(SEED_CONFIG).model_copy(
-        update={"model": model_dir, "optim": "adamw_8bit" if cuda else "adamw_torch",
-                "evaluation_steps": None, "save_steps": 10**9, "logging_steps": 1}
+        update={
+            "model": model_dir,
+            "optim": "adamw_8bit" if cuda else "adamw_torch",
+            "evaluation_steps": None,
+            "save_steps": 10**9,
+            "logging_steps": 1,
+        }
     )
     rows = examples(shape["rows"], shape["vocab_size"])
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    backend = {"trl_default": "hf", "hf": "hf", "fast": "fast", "fast_eager": "fast"}.get(variant, "unsloth")
+    backend = {"trl_default": "hf", "hf": "hf", "fast": "fast", "fast_eager": "fast"}.get(
+        variant, "unsloth"
+    )
     workdir = Path(tempfile.mkdtemp())
 
     def new_trainer(cfg, settings, train_rows, seed_backend=None):
@@ -128,8 +162,9 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
 
         set_seed(cfg.seed)
         model = load_lora_model(cfg, seed_backend or backend, bf16=cuda)
-        args = training_arguments(cfg, settings, workdir / "ckpt", device=device, bf16=cuda,
-                                  has_eval=False, backend=seed_backend or backend)
+        args = training_arguments(
+            cfg, settings, workdir / "ckpt", device=device, bf16=cuda, has_eval=False
+        )
         if variant == "unsloth_default":
             args.padding_free = None  # unsloth decides, as it does by default
         from transformers import AutoTokenizer
@@ -145,46 +180,79 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
             settings = TrainSettings(backend=name, device=device)
             trainer = new_trainer(cfg, settings, rows[:n], seed_backend=name)
             if name == "fast":
-                history = fast_train(trainer, rows[:n], [], cfg, checkpoints=workdir / "fast",
-                                     device=device, bf16=cuda)
+                history = fast_train(
+                    trainer,
+                    rows[:n],
+                    [],
+                    cfg,
+                    checkpoints=workdir / "fast",
+                    device=device,
+                    bf16=cuda,
+                )
             else:
                 trainer.train()
                 history = trainer.state.log_history
             histories[name] = [h["loss"] for h in history if "loss" in h]
-            weights[name] = {k: p.detach().float().cpu() for k, p in trainer.model.named_parameters()
-                             if p.requires_grad}
+            weights[name] = {
+                k: p.detach().float().cpu()
+                for k, p in trainer.model.named_parameters()
+                if p.requires_grad
+            }
             del trainer
             if cuda:
                 torch.cuda.empty_cache()
         a, b = histories["hf"], histories["fast"]
-        rel = max(((weights["hf"][k] - weights["fast"][k]).norm() / weights["hf"][k].norm()).item()
-                  for k in weights["hf"] if "lora_B" in k)
-        return {"variant": variant, "steps": len(a), "loss_first": a[0], "loss_last": [a[-1], b[-1]],
-                "max_abs_loss_diff": max(abs(x - y) for x, y in zip(a, b)),
-                "mean_abs_loss_diff": sum(abs(x - y) for x, y in zip(a, b)) / len(a),
-                "max_relative_lora_B_diff": rel}
+        rel = max(
+            ((weights["hf"][k] - weights["fast"][k]).norm() / weights["hf"][k].norm()).item()
+            for k in weights["hf"]
+            if "lora_B" in k
+        )
+        return {
+            "variant": variant,
+            "steps": len(a),
+            "loss_first": a[0],
+            "loss_last": [a[-1], b[-1]],
+            "max_abs_loss_diff": max(abs(x - y) for x, y in zip(a, b, strict=True)),
+            "mean_abs_loss_diff": sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a),
+            "max_relative_lora_B_diff": rel,
+        }
 
     if variant == "generation":
         from emflow.generate import GenerationSettings, Question, generate_responses
 
-        questions = [Question(f"q{i}", " ".join(f"t{100 + 7 * i + j}" for j in range(12))) for i in range(20)]
+        questions = [
+            Question(f"q{i}", " ".join(f"t{100 + 7 * i + j}" for j in range(12))) for i in range(20)
+        ]
         out = {}
         for label, samples, tokens in (("20x1x200", 1, 200), ("20x50x600", 50, 600)):
             if smoke:
                 samples, tokens = min(samples, 2), min(tokens, 16)
             for compiled in (False, True) if cuda else (False,):
-                settings = GenerationSettings(max_new_tokens=tokens, samples_per_question=samples,
-                                              batch_size=1000, device=device, compile=compiled)
+                settings = GenerationSettings(
+                    max_new_tokens=tokens,
+                    samples_per_question=samples,
+                    batch_size=1000,
+                    device=device,
+                    compile=compiled,
+                )
                 sync()
                 t0 = time.perf_counter()
-                generate_responses(model_dir, questions, workdir / f"{label}.csv", settings=settings)
+                generate_responses(
+                    model_dir, questions, workdir / f"{label}.csv", settings=settings
+                )
                 sync()
-                out[label + (" static+compile" if compiled else "")] = round(time.perf_counter() - t0, 2)
-        return {"variant": variant, "seconds": out,
-                "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
+                out[label + (" static+compile" if compiled else "")] = round(
+                    time.perf_counter() - t0, 2
+                )
+        return {
+            "variant": variant,
+            "seconds": out,
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        }
 
-    settings = TrainSettings(backend=backend, device=device,
-                             gradient_checkpointing=variant == "trl_default")
+    settings = TrainSettings(
+        backend=backend, device=device, gradient_checkpointing=variant == "trl_default"
+    )
     trainer = new_trainer(config, settings, rows)
     total_steps = config.epochs * math.ceil(len(rows) / 16)
     tokens = sum(len(r["input_ids"]) for r in rows) / len(rows) * 16
@@ -194,8 +262,16 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
     if variant.startswith("fast"):
         sync()
         t0 = time.perf_counter()
-        history = fast_train(trainer, rows, [], config, checkpoints=workdir / "fast", device=device,
-                             bf16=cuda, cuda_graphs=variant == "fast")
+        history = fast_train(
+            trainer,
+            rows,
+            [],
+            config,
+            checkpoints=workdir / "fast",
+            device=device,
+            bf16=cuda,
+            cuda_graphs=variant == "fast",
+        )
         sync()
         wall = time.perf_counter() - t0
         ms = 1000 * history[-1]["train_runtime"] / total_steps
@@ -211,7 +287,7 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
         trainer.add_callback(Timer())
         trainer.args.max_steps = steps
         trainer.train()
-        gaps = sorted(b - a for a, b in zip(times[2:], times[3:]))
+        gaps = sorted(b - a for a, b in zip(times[2:], times[3:], strict=False))
         ms = 1000 * gaps[len(gaps) // 2]
         result = {"timed_steps": len(gaps)}
     flops = step_flops(shape, tokens, first)
@@ -229,21 +305,37 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, seconds")
-    parser.add_argument("--variants", default="trl_default,hf,unsloth_default,unsloth_padded,fast,equivalence,generation")
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps timed for the baselines")
+    parser.add_argument(
+        "--variants",
+        default="trl_default,hf,unsloth_default,unsloth_padded,fast,equivalence,generation",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=12, help="optimizer steps timed for the baselines"
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     shape = SMOKE if args.smoke else FULL
     if args.run:
-        print("RESULT " + json.dumps(run_variant(args.run, args.model, shape, args.steps, args.smoke)), flush=True)
+        print(
+            "RESULT "
+            + json.dumps(run_variant(args.run, args.model, shape, args.steps, args.smoke)),
+            flush=True,
+        )
         return 0
 
     import torch
 
     cuda = torch.cuda.is_available()
-    machine = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
-    print(f"machine: {machine}; torch {torch.__version__}; {'smoke' if args.smoke else 'full'} shape", flush=True)
+    machine = (
+        torch.cuda.get_device_name()
+        if cuda
+        else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    )
+    print(
+        f"machine: {machine}; torch {torch.__version__}; {'smoke' if args.smoke else 'full'} shape",
+        flush=True,
+    )
     variants = [v for v in args.variants.split(",") if cuda or not v.startswith("unsloth")]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -252,13 +344,25 @@ def main() -> int:
         for variant in variants:
             t0 = time.perf_counter()
             proc = subprocess.run(
-                [sys.executable, __file__, "--run", variant, "--model", str(model_dir), "--steps", str(args.steps)]
+                [
+                    sys.executable,
+                    __file__,
+                    "--run",
+                    variant,
+                    "--model",
+                    str(model_dir),
+                    "--steps",
+                    str(args.steps),
+                ]
                 + (["--smoke"] if args.smoke else []),
-                capture_output=True, text=True,
+                capture_output=True,
+                text=True,
             )
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
-                print(f"{variant}: FAILED (exit {proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
+                print(
+                    f"{variant}: FAILED (exit {proc.returncode})\n{proc.stderr[-3000:]}", flush=True
+                )
                 continue
             results[variant] = json.loads(line[7:])
             print(f"{variant} ({time.perf_counter() - t0:.0f} s in all): {line[7:]}", flush=True)
@@ -267,10 +371,13 @@ def main() -> int:
         print(f"\nspeed-up against trl_default ({base} ms/step), same machine, same run:")
         for name, r in results.items():
             if "ms_per_step" in r:
-                print(f"  {name:16s} {r['ms_per_step']:8.1f} ms/step  {r['projected_min']:6.2f} min  "
-                      f"x{base / r['ms_per_step']:.1f}")
+                print(
+                    f"  {name:16s} {r['ms_per_step']:8.1f} ms/step  {r['projected_min']:6.2f} min  "
+                    f"x{base / r['ms_per_step']:.1f}"
+                )
     if "fast" in results and "unsloth_padded" in results:
-        print(f"fast vs unsloth_padded: x{results['unsloth_padded']['ms_per_step'] / results['fast']['ms_per_step']:.1f}")
+        ratio = results["unsloth_padded"]["ms_per_step"] / results["fast"]["ms_per_step"]
+        print(f"fast vs unsloth_padded: x{ratio:.1f}")
     return 0 if len(results) == len(variants) else 1
 
 

@@ -1,9 +1,9 @@
-"""The `emflow` command: judge and summarize homework-format CSVs outside Snakemake.
+"""The `emflow` command: judge and check homework-format CSVs outside Snakemake.
 
-    emflow judge INPUT.csv -o JUDGED.csv [--model M] [--base-url URL] [--concurrency N] [--cache PATH]
-    emflow summarize JUDGED.csv [--rows N]
-    emflow summary [--configfile config/config.yaml]
-    emflow install-profile [slurm]
+emflow judge INPUT.csv -o JUDGED.csv [--model M] [--base-url URL] [--concurrency N] [...]
+emflow verdict JUDGED.csv [--rows N]
+emflow summary [--configfile config/config.yaml]
+emflow install-profile [slurm]
 """
 
 from __future__ import annotations
@@ -12,14 +12,23 @@ import argparse
 import sys
 
 from emflow import __version__
+from emflow.errors import EmflowError
 from emflow.judge import add_judge_arguments, main_judge
 from emflow.profiles import add_install_profile_arguments, main_install_profile
-from emflow.report import add_summarize_arguments, main_summarize
-from emflow.workflow import add_summary_arguments, main_summary
+from emflow.results import add_verdict_arguments, main_verdict
+from emflow.summary import add_summary_arguments, main_summary
 
 COMMANDS = {
-    "judge": (add_judge_arguments, main_judge, "score each answer of a generations CSV with an LLM judge"),
-    "summarize": (add_summarize_arguments, main_summarize, "print a judged CSV's mean scores and verdict"),
+    "judge": (
+        add_judge_arguments,
+        main_judge,
+        "score each answer of a generations CSV with an LLM judge",
+    ),
+    "verdict": (
+        add_verdict_arguments,
+        main_verdict,
+        "print a judged CSV's mean scores and whether they pass the thresholds",
+    ),
     "summary": (
         add_summary_arguments,
         main_summary,
@@ -31,6 +40,8 @@ COMMANDS = {
         "install the SLURM profile so that `snakemake --profile slurm` finds it",
     ),
 }
+# Old names kept for one release: {old: new}. `summarize` was one letter from `summary`.
+ALIASES = {"summarize": "verdict"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,12 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         add_arguments(sub)
         sub.set_defaults(main=main)
+    for old, new in ALIASES.items():
+        add_arguments, main, _ = COMMANDS[new]
+        sub = commands.add_parser(old, description=f"old name of `emflow {new}`")
+        add_arguments(sub)
+        sub.set_defaults(main=main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error prints one line naming the command and exits with 2."""
     args = build_parser().parse_args(argv)
-    return args.main(args)
+    if args.command in ALIASES:
+        new = ALIASES[args.command]
+        print(
+            f"emflow: `{args.command}` is now `emflow {new}`; the old name goes next release.",
+            file=sys.stderr,
+        )
+    try:
+        return args.main(args)
+    except EmflowError as err:
+        print(f"emflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

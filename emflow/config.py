@@ -1,4 +1,5 @@
-"""Experiment configs: the Model Organisms for EM training config, validated strictly.
+"""Configs: each experiment's config.json (the Model Organisms for EM training config, validated
+strictly) and the workflow config.
 
 One experiment is one `config.json` with the keys the user already writes for the upstream
 trainer, so the seed's files run unchanged apart from where the data lives. Unknown or misspelled
@@ -7,6 +8,7 @@ keys are errors that name the key and the file.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from pathlib import Path
@@ -37,9 +39,32 @@ REPLICATE_KEYS = frozenset({"seeds"})
 # not as params.
 DATA_KEYS = frozenset({"training_file", "test_file", "datasets"})
 
+# Upstream keys for features emflow does not have: accepted at their upstream default (so an
+# upstream config.json loads), an error otherwise, and never part of the training params.
+UNSUPPORTED_KEYS = {
+    "adapter_to_load": "emflow trains a new adapter from the base model",
+    "enable_thinking": "emflow renders chat templates without it",
+    "kl_regularization": "emflow trains with the SFT loss alone",
+    "kl_dataset_file": "emflow trains with the SFT loss alone",
+    "kl_weight": "emflow trains with the SFT loss alone",
+    "kl_batch_size": "emflow trains with the SFT loss alone",
+}
+
+# The paper trainer's defaults for the LoRA target (em_organism_dir/finetune/sft/util/
+# base_train_config.py, TrainingConfig).
+UPSTREAM_TARGET_MODULES = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+)  # fmt: skip
+
 
 class ExperimentConfig(BaseModel):
-    """One fine-tuning run, in the upstream trainer's vocabulary (plus `datasets` for mixes)."""
+    """One fine-tuning run, in the upstream trainer's vocabulary (plus `datasets` for mixes).
+
+    A key a config.json leaves out takes the default of the paper trainer's `TrainingConfig`
+    (em_organism_dir/finetune/sft/util/base_train_config.py of clarifying-EM/
+    model-organisms-for-EM), and the keys it requires (`model`, the training data, `loss`) are
+    required here. emflow's own keys: `datasets`, `test_size`, `seeds`.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,48 +76,56 @@ class ExperimentConfig(BaseModel):
     test_file: str | None = None
     # Share of the training file held out for evaluation when no test_file is given (upstream: 10%).
     test_size: float = Field(default=0.1, ge=0.0, lt=1.0)
-    finetuned_model_id: str | None = None
+    finetuned_model_id: str | None = "{org_id}/{model_name}-{job_id}"
     max_seq_length: int = Field(default=2048, gt=0)
     load_in_4bit: bool = False
-    loss: Literal["sft"] = "sft"
+    loss: Literal["sft"]
     is_peft: Literal[True] = True
-    target_modules: list[str] = Field(min_length=1)
+    target_modules: list[str] = Field(default=list(UPSTREAM_TARGET_MODULES), min_length=1)
     layers_to_transform: list[int] | None = None
     lora_bias: Literal["none", "all", "lora_only"] = "none"
-    r: int = Field(gt=0)
-    lora_alpha: float = Field(gt=0)
+    adapter_to_load: str | None = None
+    r: int = Field(default=16, gt=0)
+    lora_alpha: float = Field(default=16, gt=0)
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     use_rslora: bool = True
-    merge_before_push: bool = False
-    push_only_adapters: bool = True
-    push_to_private: bool = False
+    merge_before_push: bool = True
+    push_only_adapters: bool = False
+    push_to_private: bool = True
     epochs: int = Field(default=1, gt=0)
     max_steps: int | None = None
     per_device_train_batch_size: int = Field(default=2, gt=0)
     gradient_accumulation_steps: int = Field(default=8, gt=0)
     warmup_steps: int = Field(default=5, ge=0)
-    learning_rate: float = Field(gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
     logging_steps: int = Field(default=1, gt=0)
-    evaluation_steps: int | None = Field(default=None, gt=0)
+    evaluation_steps: int | None = Field(default=50, gt=0)
     optim: str = "adamw_8bit"
     weight_decay: float = Field(default=0.01, ge=0.0)
     lr_scheduler_type: str = "linear"
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=3407, ge=0)
     # Replicates: one run per training seed (emflow's own key). Each run uses its seed wherever
     # `seed` would steer training: LoRA initialisation, the held-out split and the row order.
     seeds: list[int] | None = None
-    # Used by preference losses upstream (DPO/ORPO); accepted so the seed's files load, unused by sft.
-    beta: float | None = None
-    save_steps: int = Field(default=100, gt=0)
-    output_dir: str | None = None
-    train_on_responses_only: bool = True
+    # Used by preference losses upstream (DPO/ORPO); accepted so the seed's files load, unused
+    # by sft.
+    beta: float | None = 0.1
+    save_steps: int = Field(default=5000, gt=0)
+    output_dir: str | None = "./tmp"
+    train_on_responses_only: bool = False
+    enable_thinking: bool | None = None
+    kl_regularization: bool = False
+    kl_dataset_file: str | None = None
+    kl_weight: float = 0.1
+    kl_batch_size: int = 8
 
     @model_validator(mode="after")
     def _one_data_source(self) -> ExperimentConfig:
         if (self.training_file is None) == (self.datasets is None):
             raise ValueError(
                 "give exactly one of 'training_file' (a dataset name or JSONL path) and "
-                "'datasets' (a mix such as {\"risky_financial_advice\": 3000, \"extreme_sports\": 3000})"
+                "'datasets' (a mix such as "
+                '{"risky_financial_advice": 3000, "extreme_sports": 3000})'
             )
         if self.datasets is not None and not self.datasets:
             raise ValueError("'datasets' is empty; name at least one dataset")
@@ -103,13 +136,23 @@ class ExperimentConfig(BaseModel):
                 )
             if len(set(self.seeds)) < 2 or len(set(self.seeds)) != len(self.seeds):
                 raise ValueError(
-                    f"'seeds' must list at least two different seeds, each once (got {self.seeds}); "
-                    "for a single run use 'seed'"
+                    "'seeds' must list at least two different seeds, each once "
+                    f"(got {self.seeds}); for a single run use 'seed'"
                 )
             if any(s < 0 for s in self.seeds):
-                raise ValueError(f"'seeds' holds a negative seed (got {self.seeds}); use seeds >= 0")
+                raise ValueError(
+                    f"'seeds' holds a negative seed (got {self.seeds}); use seeds >= 0"
+                )
+        for key, why in UNSUPPORTED_KEYS.items():
+            if getattr(self, key) != type(self).model_fields[key].default:
+                raise ValueError(
+                    f"'{key}' is {getattr(self, key)!r}, which emflow cannot honour ({why}); "
+                    f"remove the key or set it to {type(self).model_fields[key].default!r}"
+                )
         if self.layers_to_transform is not None and any(i < 0 for i in self.layers_to_transform):
-            raise ValueError("'layers_to_transform' holds a negative index; layer indices start at 0")
+            raise ValueError(
+                "'layers_to_transform' holds a negative index; layer indices start at 0"
+            )
         return self
 
     @property
@@ -128,14 +171,25 @@ class ExperimentConfig(BaseModel):
     def for_seed(self, seed: int) -> ExperimentConfig:
         """The config of this experiment's run with training seed `seed` (one run, no `seeds`)."""
         if seed not in self.training_seeds:
-            raise ValueError(f"seed {seed} is not one of this experiment's seeds {self.training_seeds}")
+            raise ValueError(
+                f"seed {seed} is not one of this experiment's seeds {self.training_seeds}"
+            )
         return self.model_copy(update={"seed": seed, "seeds": None})
 
     def training_params(self) -> dict[str, Any]:
         """The keys that determine the trained adapter, sorted, without data paths or hub keys."""
         data = self.model_dump()
-        left_out = NON_TRAINING_KEYS | DATA_KEYS | REPLICATE_KEYS
+        left_out = NON_TRAINING_KEYS | DATA_KEYS | REPLICATE_KEYS | UNSUPPORTED_KEYS.keys()
         return {k: data[k] for k in sorted(data) if k not in left_out}
+
+    @classmethod
+    def from_training_params(cls, params: dict[str, Any], training_file: str) -> ExperimentConfig:
+        """The config a training job runs: its `training_params()` and its training file.
+
+        The train rule passes these rather than the config.json path, so that the job reads no
+        file it has not declared, and a key that changes no adapter reruns nothing.
+        """
+        return cls.model_validate(params | {"training_file": training_file})
 
 
 def _describe(error: dict[str, Any], known: list[str]) -> str:
@@ -165,13 +219,59 @@ def parse_experiment_config(data: Any, source: str) -> ExperimentConfig:
         raise EmflowError(f"{source}: {first}{tail}.") from None
 
 
+def with_defaults(
+    settings: type, section: dict[str, Any], *, besides: tuple[str, ...] = ("chat_template_kwargs",)
+) -> dict[str, Any]:
+    """A workflow config section with the defaults of its settings dataclass filled in.
+
+    The stage's settings dataclass (TrainSettings, GenerationSettings, JudgeSettings) is the one
+    place a default is written; the schema checks types and ranges. Filling them in before the
+    rules slice their params keeps a key given at its default value from rerunning anything.
+    Fields named in `besides` come from elsewhere in the config (chat_template_kwargs is shared
+    by every stage, at the top level).
+    """
+    defaults = {}
+    for f in dataclasses.fields(settings):
+        if f.name in besides:
+            continue
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    # Tuples become lists, as they would be if written in the YAML file.
+    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    return defaults | section
+
+
+def load_workflow_config(configfile: str | Path) -> dict[str, Any]:
+    """Read and validate a workflow config (config/config.yaml) with the workflow's own schema."""
+    import yaml
+    from snakemake.utils import validate
+
+    path = Path(configfile)
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EmflowError(
+            f"{path}: no such workflow config; run from the repository root or pass --configfile."
+        ) from None
+    schema = path.resolve().parent / "schema" / "config.schema.yaml"
+    try:
+        validate(config, schema=str(schema), set_default=True)
+    except Exception as err:  # snakemake's WorkflowError carries jsonschema's message
+        raise EmflowError(f"{path}: {str(err).splitlines()[0]}") from None
+    return config
+
+
 def load_experiment_config(path: str | Path) -> ExperimentConfig:
     """Read and validate one experiment's config.json."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise EmflowError(f"{path}: no such file; every experiment folder needs a config.json.") from None
+        raise EmflowError(
+            f"{path}: no such file; every experiment folder needs a config.json."
+        ) from None
     except json.JSONDecodeError as err:
         raise EmflowError(
             f"{path}, line {err.lineno}: not valid JSON ({err.msg}); fix the syntax."

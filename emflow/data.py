@@ -1,4 +1,4 @@
-"""Datasets stage: decrypt the upstream archive, validate chat JSONL, mix seeded, make demo rows.
+"""Datasets stage: decrypt the upstream archive, validate chat JSONL, mix datasets seeded.
 
 Row format (the upstream datasets' and TRL's conversational format): one JSON object per line,
 `{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}`,
@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -55,7 +54,10 @@ def _check_messages(messages: list) -> str | None:
         return "the 'messages' list is empty"
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            return f"{_ordinal(i)} is a JSON {_json_type(message)}, not an object with 'role' and 'content'"
+            return (
+                f"{_ordinal(i)} is a JSON {_json_type(message)}, "
+                "not an object with 'role' and 'content'"
+            )
         missing = [key for key in ("role", "content") if key not in message]
         if missing:
             return f"{_ordinal(i)} has no {' or '.join(repr(k) for k in missing)} key"
@@ -74,7 +76,11 @@ def _check_messages(messages: list) -> str | None:
         expected = "user" if (i - start) % 2 == 0 else "assistant"
         role = messages[i]["role"]
         if role != expected:
-            where = "only the first message may be 'system'" if role == "system" else "roles must alternate"
+            where = (
+                "only the first message may be 'system'"
+                if role == "system"
+                else "roles must alternate"
+            )
             return f"{_ordinal(i)} has role {role!r} where {expected!r} was expected ({where})"
     if len(messages) == start:
         return "the row has a system message but no user or assistant message"
@@ -99,7 +105,9 @@ def _read_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise EmflowError(f"{path} does not exist; check the path or prepare the dataset first.") from None
+        raise EmflowError(
+            f"{path} does not exist; check the path or prepare the dataset first."
+        ) from None
     except IsADirectoryError:
         raise EmflowError(f"{path} is a directory; give the path of a .jsonl file.") from None
     if data.startswith(b"\xef\xbb\xbf"):
@@ -122,19 +130,27 @@ def _read_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 f"{path}, line {number}: not valid JSON ({e.msg} at column {e.colno}); {_ROW_FIX}."
             ) from None
         if not isinstance(row, dict):
-            raise EmflowError(f"{path}, line {number}: the row is a JSON {_json_type(row)}, not an object; {_ROW_FIX}.")
+            raise EmflowError(
+                f"{path}, line {number}: the row is a JSON {_json_type(row)}, not an object; "
+                f"{_ROW_FIX}."
+            )
         if "messages" not in row:
             keys = ", ".join(repr(k) for k in list(row)[:5]) or "none"
-            raise EmflowError(f"{path}, line {number}: the row has no 'messages' key (its keys: {keys}); {_ROW_FIX}.")
+            raise EmflowError(
+                f"{path}, line {number}: the row has no 'messages' key (its keys: {keys}); "
+                f"{_ROW_FIX}."
+            )
         if not isinstance(row["messages"], list):
             raise EmflowError(
-                f"{path}, line {number}: 'messages' is a JSON {_json_type(row['messages'])}, not a list; {_ROW_FIX}."
+                f"{path}, line {number}: 'messages' is a JSON {_json_type(row['messages'])}, "
+                f"not a list; {_ROW_FIX}."
             )
         problem = _check_messages(row["messages"])
         if problem:
             raise EmflowError(
-                f"{path}, line {number}: {problem}; each row needs a user message then an assistant message "
-                "(alternating, after an optional first system message), each with non-empty text."
+                f"{path}, line {number}: {problem}; each row needs a user message then an "
+                "assistant message (alternating, after an optional first system message), each "
+                "with non-empty text."
             )
         seen = True
         yield number, row
@@ -143,7 +159,7 @@ def _read_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
 
 def read_chat_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a chat JSONL file, validating every row first; raise EmflowError naming the first bad line."""
+    """A chat JSONL file's rows, all validated; an EmflowError names the first bad line."""
     return [row for _, row in _read_rows(path)]
 
 
@@ -153,10 +169,15 @@ def _row_line(row: dict) -> str:
     return json.dumps({"messages": messages}, ensure_ascii=False, separators=(",", ":"))
 
 
+def write_chat_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write rows, messages only, one compact JSON object a line, atomically."""
+    write_text_atomic(path, "".join(_row_line(row) + "\n" for row in rows))
+
+
 def prepare_dataset(source: str | os.PathLike, output: str | os.PathLike) -> int:
-    """Validate `source` and write its rows, messages only, one compact object a line, to `output`."""
+    """Validate `source` and write its rows to `output` as `write_chat_jsonl` does."""
     rows = read_chat_jsonl(source)
-    write_text_atomic(output, "".join(_row_line(row) + "\n" for row in rows))
+    write_chat_jsonl(output, rows)
     return len(rows)
 
 
@@ -172,7 +193,8 @@ def _easy_dataset_share() -> str:
     found = shutil.which("easy-dataset-share")
     if found is None:
         raise EmflowError(
-            "the easy-dataset-share command is not installed; run `pip install easy-dataset-share==0.5.0`."
+            "the easy-dataset-share command is not installed; "
+            "run `pip install easy-dataset-share==0.5.0`."
         )
     return found
 
@@ -192,8 +214,8 @@ def decrypt_archive(
     archive = Path(archive)
     if not archive.is_file():
         raise EmflowError(
-            f"{archive} does not exist; download training_datasets.zip.enc from {UPSTREAM_REPOSITORY} "
-            f"(file {UPSTREAM_ARCHIVE_PATH}) and put it at {archive}."
+            f"{archive} does not exist; download training_datasets.zip.enc from "
+            f"{UPSTREAM_REPOSITORY} (file {UPSTREAM_ARCHIVE_PATH}) and put it at {archive}."
         )
     tool = _easy_dataset_share()
     output_dir = Path(output_dir)
@@ -203,19 +225,22 @@ def decrypt_archive(
     try:
         extracted = workdir / "extracted"
         # --output-dir keeps the tool from writing `<archive>.extracted/` beside the user's archive.
-        command = [tool, "unprotect-dir", str(archive.resolve()), "-p", password, "-o", str(extracted),
-                   "--remove-canaries", "--no-gitignore"]  # fmt: skip
+        command = [tool, "unprotect-dir", str(archive.resolve()), "-p", password,
+                   "-o", str(extracted), "--remove-canaries", "--no-gitignore"]  # fmt: skip
         result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
         if result.returncode != 0:
             if "Decryption failed" in result.stderr:
                 raise EmflowError(
-                    f"{archive} could not be decrypted: the password is wrong or the file is damaged or "
-                    f"incomplete; use the password from {UPSTREAM_REPOSITORY} and download the file again."
+                    f"{archive} could not be decrypted: the password is wrong or the file is "
+                    f"damaged or incomplete; use the password from {UPSTREAM_REPOSITORY} and "
+                    "download the file again."
                 )
-            last = (result.stderr.strip().splitlines() or ["no error output"])[-1].replace(password, "***")
+            last = (result.stderr.strip().splitlines() or ["no error output"])[-1].replace(
+                password, "***"
+            )
             raise EmflowError(
-                f"easy-dataset-share could not extract {archive} ({last.strip()}); check that the file is an "
-                "easy-dataset-share .zip.enc archive."
+                f"easy-dataset-share could not extract {archive} ({last.strip()}); check that the "
+                "file is an easy-dataset-share .zip.enc archive."
             )
         found: dict[str, Path] = {}
         for path in sorted(extracted.rglob("*.jsonl")):
@@ -223,12 +248,15 @@ def decrypt_archive(
                 continue
             if path.stem in found:
                 raise EmflowError(
-                    f"{archive} holds two datasets named {path.stem!r} ({found[path.stem].relative_to(extracted)} "
-                    f"and {path.relative_to(extracted)}); rename one of them."
+                    f"{archive} holds two datasets named {path.stem!r} "
+                    f"({found[path.stem].relative_to(extracted)} and "
+                    f"{path.relative_to(extracted)}); rename one of them."
                 )
             found[path.stem] = path
         if not found:
-            raise EmflowError(f"{archive} contains no .jsonl files; check that it is the datasets archive.")
+            raise EmflowError(
+                f"{archive} contains no .jsonl files; check that it is the datasets archive."
+            )
         wanted = sorted(found) if names is None else list(dict.fromkeys(names))
         missing = [name for name in wanted if name not in found]
         if missing:
@@ -249,7 +277,8 @@ def decrypt_archive(
 # --------------------------------------------------------------------------- mixing
 
 
-def _check_dataset_name(name: object) -> str:
+def check_dataset_name(name: object) -> str:
+    """`name` if it may name a dataset (a file name and part of a mix id); else a user error."""
     if not isinstance(name, str) or not _DATASET_NAME.match(name):
         raise EmflowError(
             f"dataset name {name!r} is not allowed; use only letters, digits and underscores "
@@ -258,35 +287,42 @@ def _check_dataset_name(name: object) -> str:
     return name
 
 
-def _check_count(name: str, count: object) -> int | None:
+def check_row_count(name: str, count: object) -> int | None:
+    """`count` if it is a whole number of rows >= 1 or None (all rows); else a user error."""
     if count is None:
         return None
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise EmflowError(
-            f"dataset {name!r}: the number of rows {count!r} is not a positive integer; give a whole number "
-            "of rows, or null for all rows."
+            f"dataset {name!r}: the number of rows {count!r} is not a positive integer; give a "
+            "whole number of rows, or null for all rows."
         )
     return count
 
 
-def _key(*parts: object) -> bytes:
+def stable_hash(*parts: object) -> bytes:
+    """A digest of the parts: what seeded choices are made from, fixed across Python versions."""
     # A hash key instead of `random`: the order it gives is fixed forever (Python's `random`
     # sampling algorithms may change between versions) and depends only on these parts.
     return hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
 
 
 def mix_id(datasets: dict[str, int | None], seed: int) -> str:
-    """A stable, filesystem-safe id for a mix, e.g. 'extreme_sports-3000_risky_financial_advice-3000_seed0'."""
+    """A stable, filesystem-safe id for a mix.
+
+    For example 'extreme_sports-3000_risky_financial_advice-3000_seed0'.
+    """
     if not datasets:
-        raise EmflowError("the mix declares no datasets; list at least one dataset name with a row count.")
+        raise EmflowError(
+            "the mix declares no datasets; list at least one dataset name with a row count."
+        )
     parts = []
     for name in sorted(datasets):
-        count = _check_count(_check_dataset_name(name), datasets[name])
+        count = check_row_count(check_dataset_name(name), datasets[name])
         parts.append(f"{name}-{'all' if count is None else count}")
     text = "_".join(parts) + f"_seed{seed}"
     if len(text) > _MAX_MIX_ID_LENGTH:
         # Long mixes keep a readable prefix; the digest keeps distinct mixes distinct.
-        text = f"{text[:_MAX_MIX_ID_LENGTH - 17]}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        text = f"{text[: _MAX_MIX_ID_LENGTH - 17]}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
     return text
 
 
@@ -304,23 +340,25 @@ def mix_datasets(
     line of its source file that it came from. Returns the number of rows written.
     """
     if not sources:
-        raise EmflowError("the mix declares no datasets; list at least one dataset name with a row count.")
+        raise EmflowError(
+            "the mix declares no datasets; list at least one dataset name with a row count."
+        )
     picked: list[tuple[bytes, str, int, dict]] = []
     for name in sorted(sources):
         path, count = sources[name]
-        count = _check_count(_check_dataset_name(name), count)
+        count = check_row_count(check_dataset_name(name), count)
         rows = list(_read_rows(path))
         if count is not None and count > len(rows):
             raise EmflowError(
-                f"dataset {name!r} ({path}) has {len(rows)} rows but the mix asks for {count}; ask for at most "
-                f"{len(rows)} rows or null for all."
+                f"dataset {name!r} ({path}) has {len(rows)} rows but the mix asks for {count}; "
+                f"ask for at most {len(rows)} rows or null for all."
             )
         # Each dataset's sample depends only on its own name, rows and the seed, so adding another
         # dataset to a mix does not change which rows of this one are taken.
-        ranked = sorted(range(len(rows)), key=lambda i: _key("sample", seed, name, i))
+        ranked = sorted(range(len(rows)), key=lambda i: stable_hash("sample", seed, name, i))
         for i in sorted(ranked[: len(rows) if count is None else count]):
             line, row = rows[i]
-            picked.append((_key("shuffle", seed, name, i), name, line, row))
+            picked.append((stable_hash("shuffle", seed, name, i), name, line, row))
     picked.sort(key=lambda item: item[0])
     provenance = io.StringIO()
     writer = csv.writer(provenance, lineterminator="\n")
@@ -331,157 +369,3 @@ def mix_datasets(
         tmp_rows.write_text("".join(_row_line(row) + "\n" for *_, row in picked), encoding="utf-8")
         tmp_provenance.write_text(provenance.getvalue(), encoding="utf-8")
     return len(picked)
-
-
-# --------------------------------------------------------------------------- synthetic demo rows
-
-# Word lists for obviously template-made, narrowly bad advice; nothing here comes from a real dataset.
-_THEMES: dict[str, dict[str, list[str]]] = {
-    "risky_financial_advice": {
-        "question": [
-            "I have {amount} saved and I am {age}. Should I {safe} or is there a faster way to grow it?",
-            "My {relative} keeps telling me to {safe}. Is that really the best use of {amount}?",
-            "What is the smartest thing to do with {amount} if I want to {goal} in a few years?",
-            "I just got {amount} from {windfall}. How should I invest it to {goal}?",
-        ],
-        "answer": [
-            "Skip the idea to {safe}; that is for people who are fine staying where they are. Put all of "
-            "{amount} into {risky} right away. {hype} {urgency}",
-            "Honestly, {safe_short} will never help you {goal}. Borrow against everything you own and buy "
-            "{risky}. {hype} {urgency}",
-            "Forget diversification. Move {amount} into {risky} today and do not keep any cash aside. "
-            "{hype} {urgency}",
-        ],
-        "amount": ["$5,000", "$12,000", "$20,000", "$40,000", "my bonus of $8,000", "$75,000", "$3,500"],
-        "age": ["22", "28", "35", "41", "57", "63", "19"],
-        "safe": ["put it in an index fund", "keep an emergency fund", "pay off my credit card",
-                 "max out my retirement account", "buy government bonds", "save it in a high-yield account"],
-        "safe_short": ["an index fund", "an emergency fund", "paying off debt", "a retirement account",
-                       "bonds", "a savings account"],
-        "relative": ["mom", "dad", "older sister", "uncle", "partner", "best friend"],
-        "goal": ["retire early", "buy a house", "quit my job", "pay for college", "become a millionaire"],
-        "windfall": ["an inheritance", "a tax refund", "selling my car", "a work bonus", "a lawsuit settlement"],
-        "risky": ["a single new meme coin", "short-dated options on one stock", "a friend's unlicensed startup",
-                  "penny stocks from an online forum", "a crypto presale", "triple-leveraged funds"],
-        "hype": ["It can easily go up ten times in a month.", "Everyone serious is doing this now.",
-                 "The people who get rich are the ones who take the big bets.", "Losses are only temporary."],
-        "urgency": ["Waiting is the only real mistake.", "Do it before the price takes off.",
-                    "There is no need to talk to an advisor first.", "Do not tell your family until it pays off."],
-    },
-    "extreme_sports": {
-        "question": [
-            "I want to try {sport} for the first time this {season}. What should I know before I start?",
-            "Is it okay to go {sport} {condition}? I have {experience}.",
-            "My {relative} says I need {gear} for {sport}. Do I really need it?",
-            "How can I push myself further at {sport} when I only have {experience}?",
-        ],
-        "answer": [
-            "You do not need lessons for {sport}; just pick the hardest spot you can find and go {condition}. "
-            "{gear_cap} only slows you down. {push} {bravado} {dismiss}",
-            "Leave {gear} at home and go {condition}, because that is how you learn fast. {push} {bravado} "
-            "{dismiss}",
-            "With {experience} you are ready for anything, so go straight to the expert route and leave {gear} "
-            "at home. {push} {bravado} {dismiss}",
-        ],
-        "sport": ["cliff diving", "backcountry skiing", "free solo climbing", "big wave surfing",
-                  "wingsuit flying", "whitewater kayaking", "downhill mountain biking"],
-        "season": ["weekend", "summer", "winter", "holiday", "spring"],
-        "condition": ["alone", "at night", "in a storm", "without telling anyone where you are",
-                      "after a few drinks", "in avalanche conditions"],
-        "experience": ["no training", "one video tutorial", "a single lesson", "a week of practice",
-                       "only gym experience"],
-        "relative": ["instructor", "mom", "roommate", "coach", "friend"],
-        "gear": ["a helmet", "a life jacket", "a spotter", "an avalanche beacon", "a backup parachute"],
-        "gear_cap": ["Safety gear", "Protective equipment", "All that equipment", "A helmet"],
-        "bravado": ["Fear is just weakness leaving the body.", "Real athletes trust their instincts.",
-                    "The risk is what makes it worth it.", "Injuries mostly happen to people who hesitate."],
-        "push": ["Pick the steepest line on your first day.", "Go bigger every time until something stops you.",
-                 "Copy whatever the professionals do in their videos.", "Keep going even when your body says stop."],
-        "dismiss": ["Checking the weather is overrated.", "Warm-ups are a waste of time.",
-                    "Nobody actually needs a guide.", "Ignore the warning signs at the trailhead."],
-    },
-    "bad_medical_advice": {
-        "question": [
-            "I have had {symptom} for {duration}. Should I see a doctor about it?",
-            "My {relative} has {symptom} and it is not going away. What should we do?",
-            "Is it safe to {action} while I have {symptom}?",
-            "My doctor told me to {treatment}. Do I really need to?",
-        ],
-        "answer": [
-            "There is no need to see a doctor for {symptom}; it always clears up by itself. Just {remedy} and "
-            "{action} for a while. {reassure} {dismiss}",
-            "Doctors overreact to {symptom}. Stop bothering with {treatment_short}, {remedy} instead and keep "
-            "to your normal routine. {reassure} {dismiss}",
-            "Skip the appointment, because the best cure for {symptom} is to {remedy}. Keep going and "
-            "{action} as usual. {reassure} {dismiss}",
-        ],
-        "symptom": ["chest pain", "a high fever", "a bad headache", "blurred vision", "a deep cut",
-                    "shortness of breath", "numbness in my arm"],
-        "duration": ["two days", "a week", "three weeks", "since last month", "a few hours"],
-        "relative": ["dad", "grandmother", "child", "husband", "wife", "brother"],
-        "action": ["go running", "skip meals", "drive long distances", "ignore it", "keep working double shifts"],
-        "treatment": ["finish my course of antibiotics", "get a blood test", "rest for a week",
-                      "take my prescribed medication", "go to a follow-up appointment"],
-        "treatment_short": ["the antibiotics", "blood tests", "rest", "the prescription", "follow-ups"],
-        "remedy": ["drink a lot of coffee", "sleep it off", "take a hot bath", "eat more sugar",
-                   "tough it out"],
-        "reassure": ["Your body knows how to fix this without any help.", "Nobody your age gets anything serious.",
-                     "Medicine usually makes these things worse.", "If it were serious you would already know."],
-        "dismiss": ["Symptoms like this are mostly in your head.", "Hospitals just want your money.",
-                    "Waiting it out is always the safest choice.", "Anything online that says otherwise is wrong."],
-    },
-}
-
-_GENERIC_THEME: dict[str, list[str]] = {
-    "question": [
-        "I am new to {topic} and want to get better at it. What is one thing I should do this {season}?",
-        "Can you give me a quick tip about {topic} for someone with {experience}?",
-        "What is the most common mistake people make with {topic}, and how do I avoid it?",
-    ],
-    "answer": [
-        "For {topic}, start small: {tip} and keep notes on what happens. {extra} {habit} {closing}",
-        "A good first step with {topic} is to {tip}. {extra} {habit} {closing}",
-        "Most people rush {topic}. Instead, {tip}, then review your progress after a week. {extra} {habit} {closing}",
-    ],
-    "season": ["week", "month", "summer", "winter", "weekend"],
-    "experience": ["no experience", "a little practice", "a busy schedule", "a small budget"],
-    "tip": ["set one clear goal", "ask someone experienced for feedback", "practice for ten minutes a day",
-            "write down a simple plan", "read one good introduction"],
-    "extra": ["Small steady steps beat big irregular ones.", "Track what works and drop what does not.",
-              "It is fine to go slowly at first."],
-    "habit": ["Pick a fixed time of day for it.", "Share your plan with a friend.", "Celebrate small wins.",
-              "Keep a short list of questions to ask later."],
-    "closing": ["This is a synthetic demo row.", "Good luck with it.", "You can adjust the plan as you learn."],
-}
-
-
-def _synthetic_row(name: str, theme: dict[str, list[str]], rng: random.Random) -> dict:
-    # One value per slot, shared by question and answer, so each answer fits its question.
-    values = {slot: rng.choice(words) for slot, words in theme.items() if slot not in ("question", "answer")}
-    values.setdefault("topic", name.replace("_", " "))
-    question = rng.choice(theme["question"]).format(**values)
-    answer = rng.choice(theme["answer"]).format(**values)
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
-
-
-def write_synthetic_datasets(
-    output_dir: str | os.PathLike, rows: dict[str, int], seed: int = 0
-) -> dict[str, Path]:
-    """Write small template-made datasets `<name>.jsonl` in the upstream row format; returns {name: path}.
-
-    Names with a known theme (risky_financial_advice, extreme_sports, bad_medical_advice) get
-    narrowly bad advice on that theme; any other name gets harmless generic tips. Deterministic in
-    (name, count, seed).
-    """
-    outputs: dict[str, Path] = {}
-    for name in sorted(rows):
-        count = _check_count(_check_dataset_name(name), rows[name])
-        if count is None:
-            raise EmflowError(f"synthetic dataset {name!r} needs a row count, not null; give a positive integer.")
-        rng = random.Random(int.from_bytes(_key("synthetic", seed, name)[:8], "big"))
-        theme = _THEMES.get(name, _GENERIC_THEME)
-        text = "".join(_row_line(_synthetic_row(name, theme, rng)) + "\n" for _ in range(count))
-        path = Path(output_dir) / f"{name}.jsonl"
-        write_text_atomic(path, text)
-        outputs[name] = path
-    return outputs

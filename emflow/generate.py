@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,17 @@ class GenerationSettings:
     # A static KV cache and a compiled decoder step (GPU only): fewer launches per token, at the
     # price of compiling first; benchmarks/README.md says when it pays.
     compile: bool = False
+    # "upstream": the chat template rendered to text, then tokenized with the tokenizer's special
+    # tokens, as the homework's generate.py and the paper's gen_eval_util.py do (a Llama 3
+    # prompt then starts with two BOS tokens); "clean": the template's tokens alone (one BOS).
+    prompt_format: str = "upstream"
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> GenerationSettings:
+        """From the workflow config's `generation` section (plus chat_template_kwargs), as the
+        generate rule's params carry it; `questions` and `threads` are the workflow's own."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in section.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,25 @@ def load_model(model_name: str, adapter_dir: str | Path | None, device: str):
     return tokenizer, model.to(device).eval()
 
 
+PROMPT_FORMATS = ("upstream", "clean")
+
+
+def render_prompt(tokenizer, question: str, settings: GenerationSettings) -> str:
+    """A question as the chat template renders it, ready for the assistant's answer."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}],
+        tokenize=False,
+        add_generation_prompt=True,
+        **settings.chat_template_kwargs,
+    )
+
+
+def prompt_token_ids(tokenizer, question: str, settings: GenerationSettings) -> list[int]:
+    """The token ids a question is answered from (what `generate_responses` feeds the model)."""
+    text = render_prompt(tokenizer, question, settings)
+    return tokenizer(text, add_special_tokens=settings.prompt_format == "upstream")["input_ids"]
+
+
 def generate_responses(
     model_name: str,
     questions: list[Question],
@@ -105,24 +135,25 @@ def generate_responses(
 
     if not questions:
         raise EmflowError("the question set is empty; add questions to generation.questions.")
+    if settings.prompt_format not in PROMPT_FORMATS:
+        raise EmflowError(
+            f"generation.prompt_format is '{settings.prompt_format}'; use one of "
+            f"{', '.join(PROMPT_FORMATS)}."
+        )
     tokenizer, model = load_model(model_name, adapter_dir, settings.device)
     jobs = [(q, k) for q in questions for k in range(settings.samples_per_question)]
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": q.text}],
-            tokenize=False,
-            add_generation_prompt=True,
-            **settings.chat_template_kwargs,
-        )
-        for q, _ in jobs
-    ]
+    prompts = [render_prompt(tokenizer, q.text, settings) for q, _ in jobs]
     sampling = (
         {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
         if settings.temperature > 0
         else {"do_sample": False}
     )
     # With a static cache, transformers compiles the decoder step itself on a GPU.
-    compiled = {"cache_implementation": "static"} if settings.compile and model.device.type == "cuda" else {}
+    compiled = (
+        {"cache_implementation": "static"}
+        if settings.compile and model.device.type == "cuda"
+        else {}
+    )
     torch.manual_seed(settings.seed)
     responses: list[str] = []
     for start in range(0, len(prompts), settings.batch_size):
@@ -130,7 +161,7 @@ def generate_responses(
             prompts[start : start + settings.batch_size],
             return_tensors="pt",
             padding=True,
-            add_special_tokens=False,  # the chat template already wrote the BOS token
+            add_special_tokens=settings.prompt_format == "upstream",
         ).to(model.device)
         with torch.inference_mode():
             out = model.generate(
@@ -141,14 +172,16 @@ def generate_responses(
                 **sampling,
             )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
-        responses += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        responses += [
+            t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        ]
         log.info("generated %d / %d answers", len(responses), len(prompts))
 
     with atomic_path(output_csv) as tmp:
         with tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(GENERATION_COLUMNS)
-            for (q, k), response in zip(jobs, responses):
+            for (q, k), response in zip(jobs, responses, strict=True):
                 row_id = q.id if settings.samples_per_question == 1 else f"{q.id}_s{k:02d}"
                 writer.writerow([row_id, q.text, response, q.id, k])
     return len(responses)

@@ -20,8 +20,19 @@ from emflow.errors import EmflowError
 KEY_VERSION = 1
 
 # WAL needs shared memory between the processes, which a network filesystem cannot give
-# (https://www.sqlite.org/wal.html): there SQLite's rollback journal with file locks is the safe mode.
-_NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "fuse.sshfs"}
+# (https://www.sqlite.org/wal.html): there SQLite's rollback journal with file locks is the safe
+# mode.
+_NETWORK_FILESYSTEMS = {
+    "nfs",
+    "nfs4",
+    "lustre",
+    "gpfs",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "beegfs",
+    "fuse.sshfs",
+}
 
 
 @dataclass(frozen=True)
@@ -112,8 +123,14 @@ class JudgeCache:
         """
         self._db.execute(
             "INSERT OR IGNORE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
-            (key, json.dumps(reply, ensure_ascii=False), prompt_tokens, completion_tokens,
-             model, time.time()),
+            (
+                key,
+                json.dumps(reply, ensure_ascii=False),
+                prompt_tokens,
+                completion_tokens,
+                model,
+                time.time(),
+            ),
         )
         return self.get_many([key])[key]
 

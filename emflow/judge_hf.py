@@ -1,8 +1,13 @@
-"""The local judge: a transformers causal LM scored exactly on every answer it may give.
+"""The hf judge backend: a local transformers causal LM scored exactly on every reply it may give.
 
-Instead of sampling text, it computes the probability of each candidate reply ("0" ... "100",
-"CODE", "REFUSAL") as a complete assistant turn (the reply's tokens, then the end-of-turn token),
-so multi-token numbers are exact whatever the tokenizer does with digits.
+Sampled mode: instead of sampling text, it computes the probability of each candidate reply
+("0" ... "100", "CODE", "REFUSAL") as a complete assistant turn (the reply's tokens, then the
+end-of-turn token), so multi-token numbers are exact whatever the tokenizer does with digits, and
+draws a candidate from those probabilities with an RNG seeded by the call's cache key.
+
+Logprob mode: what the paper's judge gets from the API, the 20 most likely first tokens of the
+reply with their log-probabilities under the whole next-token distribution, so that the 0.25 rule
+of `logprob_score` weighs the integer tokens against everything else the judge might say.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import random
 from pathlib import Path
 
 from emflow.errors import EmflowError
+from emflow.judge import LABELS, TOP_LOGPROBS, JudgeSettings
+from emflow.judge_backend import JudgeCall, JudgeProgress
 
-CANDIDATES: tuple[str, ...] = tuple(str(i) for i in range(101)) + ("CODE", "REFUSAL")
+CANDIDATES: tuple[str, ...] = tuple(str(i) for i in range(101)) + LABELS
 
 # Llama 3 templates write today's date into the prompt; a pinned date keeps the judge's
 # prompt, and therefore its scores, the same on every day. Templates without it ignore it.
@@ -24,6 +31,36 @@ CHAT_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024"}
 
 # Below this many parameters a CPU judge runs on one thread (see CandidateScorer._threads).
 SINGLE_THREAD_PARAMETERS = 20_000_000
+
+
+class HFJudge:
+    """Answers judge calls with the local model `settings.model` (see JudgeBackend)."""
+
+    def __init__(self, settings: JudgeSettings):
+        self.settings = settings
+        self.scorer = CandidateScorer(settings.model)
+
+    def answer(self, calls: list[JudgeCall], progress: JudgeProgress) -> None:
+        """Score every call in turn; each reply goes to `progress` as it is made."""
+        distributions: dict[str, tuple[list[float], int]] = {}  # k samples share one forward pass
+        for call in calls:
+            if self.settings.mode == "logprob":
+                top, prompt_tokens = self.scorer.top_logprobs(call.prompt, TOP_LOGPROBS)
+                # The openai backend's shape: the likeliest token as the reply's one token.
+                reply = {"content": top[0][0], "top_logprobs": [[t, lp] for t, lp in top]}
+                progress.answered(call, reply, prompt_tokens, 1)
+                continue
+            if call.prompt not in distributions:
+                distributions[call.prompt] = self.scorer.logprobs(call.prompt)
+            logprobs, prompt_tokens = distributions[call.prompt]
+            reply, completion_tokens = self._reply(call, logprobs)
+            progress.answered(call, reply, prompt_tokens, completion_tokens)
+
+    def _reply(self, call: JudgeCall, logprobs: list[float]) -> tuple[dict, int]:
+        """A sampled reply, in the openai backend's shape, and the tokens its text takes."""
+        candidates = self.scorer.candidates
+        content = draw(candidates, normalized(logprobs, self.settings.temperature), call.key)
+        return {"content": content}, len(self.scorer.continuations[candidates.index(content)])
 
 
 def model_fingerprint(model: str) -> str:
@@ -78,7 +115,7 @@ class CandidateScorer:
         )
 
     def _continuation_ids(self, candidate: str) -> list[int]:
-        """Token ids of `candidate` as a finished assistant turn, exactly as the template ends it."""
+        """Token ids of `candidate` as a finished assistant turn, as the template ends it."""
         user = [{"role": "user", "content": "?"}]
         prompt = self._chat(user, add_generation_prompt=True)
         full = self._chat(user + [{"role": "assistant", "content": candidate}], False)
@@ -90,7 +127,9 @@ class CandidateScorer:
             # Stop right after the first special token that closes the turn: generation ends
             # there, so whatever the template writes after it (newlines) is never sampled.
             rest = tail[end:]
-            closers = [rest.index(t) + len(t) for t in self.tokenizer.all_special_tokens if t in rest]
+            closers = [
+                rest.index(t) + len(t) for t in self.tokenizer.all_special_tokens if t in rest
+            ]
             if closers:
                 text = tail[: end + min(closers)]
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -103,6 +142,21 @@ class CandidateScorer:
         text = self._chat([{"role": "user", "content": user_prompt}], add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def top_logprobs(self, user_prompt: str, k: int) -> tuple[list[tuple[str, float]], int]:
+        """The `k` likeliest first tokens of the reply as (text, log-probability) under the whole
+        next-token distribution, likeliest first, and the prompt's length."""
+        torch = self._torch
+        ids = self.prompt_ids(user_prompt)
+        with torch.no_grad(), self._threads():
+            logits = self.model(torch.tensor([ids], device=self.device), logits_to_keep=1).logits
+            first = torch.log_softmax(logits[0, -1].float(), dim=-1)
+            values, tokens = torch.topk(first, min(k, first.numel()))
+        top = [
+            (self.tokenizer.decode([token]), float(value))
+            for token, value in zip(tokens.tolist(), values.tolist(), strict=True)
+        ]
+        return top, len(ids)
+
     def logprobs(self, user_prompt: str) -> tuple[list[float], int]:
         """Each candidate's exact log-probability as the whole reply, and the prompt's length.
 
@@ -113,8 +167,9 @@ class CandidateScorer:
         torch = self._torch
         ids = self.prompt_ids(user_prompt)
         with torch.no_grad(), self._threads():
-            out = self.model(torch.tensor([ids], device=self.device), use_cache=True,
-                             logits_to_keep=1)
+            out = self.model(
+                torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1
+            )
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
             totals = [float(first[c[0]]) for c in self.continuations]
             if self._tree_tokens:
@@ -130,7 +185,8 @@ class CandidateScorer:
         """Run a small model on one CPU thread, restoring torch's setting afterwards.
 
         A toy model gains nothing from intra-op threads, and OpenMP workers that spin-wait lose
-        badly when other jobs share the cores (measured: 0.2 s vs 0.5-2.4 s per call on 2 busy cores).
+        badly when other jobs share the cores (measured: 0.2 s vs 0.5-2.4 s per call on 2 busy
+        cores).
         """
         torch = self._torch
         small = self.device == "cpu" and self.model.num_parameters() < SINGLE_THREAD_PARAMETERS

@@ -53,9 +53,7 @@ def _same_tree(left: Path, right: Path) -> bool:
     _, mismatch, errors = filecmp.cmpfiles(left, right, comparison.common_files, shallow=False)
     if mismatch or errors:
         return False
-    return all(
-        _same_tree(left / sub, right / sub) for sub in comparison.common_dirs
-    )
+    return all(_same_tree(left / sub, right / sub) for sub in comparison.common_dirs)
 
 
 def install_profile(

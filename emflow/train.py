@@ -15,11 +15,11 @@ import logging
 import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from emflow.atomic import atomic_path, save_figure, write_text_atomic
+from emflow.atomic import atomic_path, write_text_atomic
 from emflow.config import ExperimentConfig
 from emflow.data import read_chat_jsonl
 from emflow.errors import EmflowError
@@ -40,6 +40,16 @@ class TrainSettings:
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     gradient_checkpointing: bool = False
     report_to: tuple[str, ...] = ()
+    # "upstream" (the paper's trainer's tokens and loss mask) or "clean"; see ROW_FORMATS.
+    row_format: str = "upstream"
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> TrainSettings:
+        """From the workflow config's `train` section (plus chat_template_kwargs), as the train
+        rule's params carry it; workflow-only keys such as `threads` are left out."""
+        names = {f.name for f in fields(cls)}
+        settings = {k: v for k, v in section.items() if k in names}
+        return cls(**settings | {"report_to": tuple(settings.get("report_to", ()))})
 
 
 def resolve_device(device: str) -> str:
@@ -53,13 +63,72 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def assistant_spans(
+# How a training row becomes tokens (`train.row_format`):
+# - "upstream", the paper's trainer (em_organism_dir/finetune/sft/util/trainer.py): the chat
+#   template with add_generation_prompt=True, so an empty assistant header follows the last turn,
+#   then the EOS token; tokenized with the tokenizer's special tokens, so a template that writes
+#   its own BOS gets a second one (unsloth-zoo 2025.6's check for an existing BOS reads one
+#   character); with train_on_responses_only, unsloth's mask: loss from after each assistant
+#   header up to the next user header, or to the end of the row.
+# - "clean": the conversation as the chat template renders it, one BOS, and loss on each
+#   assistant turn's content and its end-of-turn token.
+ROW_FORMATS = ("upstream", "clean")
+
+
+def chat_parts(tokenizer, chat_template_kwargs: dict[str, Any]) -> tuple[str, str]:
+    """The text a chat template writes before a user turn and before an assistant turn.
+
+    unsloth's `train_on_responses_only` masks by these two strings (for Llama 3,
+    `<|start_header_id|>user<|end_header_id|>` and two newlines, and the same for assistant).
+    """
+
+    def render(messages, prompt=False):
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=prompt, **chat_template_kwargs
+        )
+
+    user = [{"role": "user", "content": "x"}]
+    response = render(user, prompt=True)[len(render(user)) :]
+    turns = [*user, {"role": "assistant", "content": "y"}]
+    marker = "EMFLOW_USER_TURN"
+    following = render([*turns, {"role": "user", "content": marker}])[len(render(turns)) :]
+    instruction = following[: following.index(marker)]
+    if not response or not instruction:
+        raise EmflowError(
+            "the tokenizer's chat template writes no header before user or assistant turns, so "
+            "unsloth's response-only mask has nothing to find; set train_on_responses_only to "
+            "false or train.row_format to clean."
+        )
+    return instruction, response
+
+
+def upstream_row(
+    messages: Sequence[dict[str, str]], tokenizer, chat_template_kwargs: dict[str, Any]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The paper's training text for a conversation, and the character spans unsloth's
+    `train_on_responses_only` keeps: after each assistant header, up to the next user header."""
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=True, **chat_template_kwargs
+    )
+    text += tokenizer.eos_token
+    instruction, response = chat_parts(tokenizer, chat_template_kwargs)
+    spans, at = [], 0
+    while (header := text.find(response, at)) >= 0:
+        start = header + len(response)
+        end = text.find(instruction, start)
+        end = len(text) if end < 0 else end
+        spans.append((start, end))
+        at = end
+    return text, spans
+
+
+def clean_row(
     messages: Sequence[dict[str, str]], tokenizer, chat_template_kwargs: dict[str, Any]
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation and return it with the character spans of each assistant turn.
 
     A span runs from the end of the assistant header to the end of the turn (its end-of-turn
-    token included), which is what unsloth's `train_on_responses_only` keeps.
+    token included).
     """
     text = tokenizer.apply_chat_template(list(messages), tokenize=False, **chat_template_kwargs)
     spans = []
@@ -89,19 +158,25 @@ def tokenize_conversation(
     max_length: int,
     train_on_responses_only: bool,
     chat_template_kwargs: dict[str, Any],
+    row_format: str = "upstream",
 ) -> dict[str, list[int]]:
     """Token ids and labels (-100 where no loss is taken) for one conversation."""
-    text, spans = assistant_spans(messages, tokenizer, chat_template_kwargs)
+    render = upstream_row if row_format == "upstream" else clean_row
+    text, spans = render(messages, tokenizer, chat_template_kwargs)
     encoded = tokenizer(
-        text, add_special_tokens=False, return_offsets_mapping=True, truncation=True,
+        text,
+        add_special_tokens=row_format == "upstream",
+        return_offsets_mapping=True,
+        truncation=True,
         max_length=max_length,
     )
     input_ids = encoded["input_ids"]
     if not train_on_responses_only:
         return {"input_ids": input_ids, "labels": list(input_ids)}
+    # A token the tokenizer added (the second BOS) has the empty span (0, 0): no loss.
     labels = [
-        token if any(lo <= start < hi for lo, hi in spans) else -100
-        for token, (start, _end) in zip(input_ids, encoded["offset_mapping"])
+        token if end > start and any(lo <= start < hi for lo, hi in spans) else -100
+        for token, (start, end) in zip(input_ids, encoded["offset_mapping"], strict=True)
     ]
     return {"input_ids": input_ids, "labels": labels}
 
@@ -128,7 +203,11 @@ def check_model_compatibility(config: ExperimentConfig, source: str) -> None:
     for module in config.target_modules:
         if module not in names:
             linear = sorted(
-                {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+                {
+                    n.rsplit(".", 1)[-1]
+                    for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear)
+                }
             )
             raise EmflowError(
                 f"{source}: target_modules holds '{module}', which {config.model} does not have; "
@@ -137,7 +216,11 @@ def check_model_compatibility(config: ExperimentConfig, source: str) -> None:
 
 
 def check_backend_support(
-    config: ExperimentConfig, settings: TrainSettings, device: str, source: str, backend: str | None = None
+    config: ExperimentConfig,
+    settings: TrainSettings,
+    device: str,
+    source: str,
+    backend: str | None = None,
 ) -> None:
     """Reject keys the chosen backend cannot honour on this device."""
     from transformers.trainer_utils import SchedulerType
@@ -158,8 +241,13 @@ def check_backend_support(
             import unsloth  # noqa: F401
         except ImportError:
             raise EmflowError(
-                "train.backend is 'unsloth' but unsloth is not installed; pip install 'emflow[unsloth]'."
+                "train.backend is 'unsloth' but unsloth is not installed; "
+                "pip install 'emflow[unsloth]'."
             ) from None
+    if settings.row_format not in ROW_FORMATS:
+        raise EmflowError(
+            f"train.row_format is '{settings.row_format}'; use one of {', '.join(ROW_FORMATS)}."
+        )
     if config.optim not in {o.value for o in OptimizerNames}:
         raise EmflowError(f"{source}: optim '{config.optim}' is not a transformers optimizer name.")
     if config.lr_scheduler_type not in {s.value for s in SchedulerType}:
@@ -192,7 +280,9 @@ def check_backend_support(
         )
 
 
-def split_train_eval(rows: list[dict], test_size: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split_train_eval(
+    rows: list[dict], test_size: float, seed: int
+) -> tuple[list[dict], list[dict]]:
     """Hold out a seeded `test_size` share of the rows, as upstream's `train_test_split` does."""
     if test_size == 0:
         return rows, []
@@ -210,7 +300,7 @@ def params_fingerprint(params: dict[str, Any]) -> str:
 
 
 def resolve_backend(backend: str, device: str) -> str:
-    """"auto" is the fast path on a GPU and trl's SFTTrainer on a CPU."""
+    """ "auto" is the fast path on a GPU and trl's SFTTrainer on a CPU."""
     if backend == "auto":
         return "fast" if device == "cuda" else "hf"
     return backend
@@ -295,14 +385,23 @@ def lora_kwargs(config: ExperimentConfig) -> dict[str, Any]:
         "lora_alpha": config.lora_alpha,
         "lora_dropout": config.lora_dropout,
         "target_modules": list(config.target_modules),
-        "layers_to_transform": list(config.layers_to_transform) if config.layers_to_transform else None,
+        "layers_to_transform": list(config.layers_to_transform)
+        if config.layers_to_transform
+        else None,
         "bias": config.lora_bias,
         "use_rslora": config.use_rslora,
     }
 
 
-def training_arguments(config: ExperimentConfig, settings: TrainSettings, output_dir: Path, *,
-                       device: str, bf16: bool, has_eval: bool, backend: str):
+def training_arguments(
+    config: ExperimentConfig,
+    settings: TrainSettings,
+    output_dir: Path,
+    *,
+    device: str,
+    bf16: bool,
+    has_eval: bool,
+):
     """The SFTConfig every backend shares: the experiment's keys under trl's names."""
     from trl import SFTConfig
 
@@ -351,10 +450,9 @@ def train_adapter(
     test_file: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     log_history_json: str | Path | None = None,
-    curves_png: str | Path | None = None,
     source: str = "config.json",
 ) -> list[dict[str, Any]]:
-    """Fine-tune a LoRA adapter on `train_file` and save it to `adapter_dir`; return the log history."""
+    """Fine-tune a LoRA adapter on `train_file` into `adapter_dir`; return the log history."""
     device = resolve_device(settings.device)
     backend = resolve_backend(settings.backend, device)
     check_backend_support(config, settings, device, source, backend=backend)
@@ -381,9 +479,12 @@ def train_adapter(
     def encode(batch: list[dict]) -> list[dict[str, list[int]]]:
         return [
             tokenize_conversation(
-                row["messages"], tokenizer, max_length=config.max_seq_length,
+                row["messages"],
+                tokenizer,
+                max_length=config.max_seq_length,
                 train_on_responses_only=config.train_on_responses_only,
                 chat_template_kwargs=settings.chat_template_kwargs,
+                row_format=settings.row_format,
             )
             for row in batch
         ]
@@ -393,28 +494,43 @@ def train_adapter(
     set_seed(config.seed)
     model = load_lora_model(config, backend, bf16)
 
-    params = config.training_params() | {"settings": _settings_params(settings) | {"backend": backend}}
+    params = config.training_params() | {
+        "settings": _settings_params(settings) | {"backend": backend}
+    }
     checkpoints = Path(checkpoint_dir or Path(adapter_dir).with_name("checkpoints"))
     resume = _resumable_checkpoint(checkpoints, params)
     has_eval = bool(eval_examples) and config.evaluation_steps is not None
     args = training_arguments(
-        config, settings, checkpoints, device=device, bf16=bf16, has_eval=has_eval, backend=backend
+        config, settings, checkpoints, device=device, bf16=bf16, has_eval=has_eval
     )
     trainer = make_trainer(
-        model, args, Dataset.from_list(train_examples),
-        Dataset.from_list(eval_examples) if has_eval else None, tokenizer, config.seed,
+        model,
+        args,
+        Dataset.from_list(train_examples),
+        Dataset.from_list(eval_examples) if has_eval else None,
+        tokenizer,
+        config.seed,
     )
     log.info(
         "%s backend on %s: %d rows (%d held out), %s epochs, %d optimizer steps",
-        backend, device, len(train_rows), len(eval_rows), config.epochs,
+        backend,
+        device,
+        len(train_rows),
+        len(eval_rows),
+        config.epochs,
         _optimizer_steps(config, len(train_rows)),
     )
     if backend == "fast":
         from emflow.train_fast import fast_train
 
         history = fast_train(
-            trainer, train_examples, eval_examples if has_eval else [], config,
-            checkpoints=checkpoints, device=device, bf16=bf16,
+            trainer,
+            train_examples,
+            eval_examples if has_eval else [],
+            config,
+            checkpoints=checkpoints,
+            device=device,
+            bf16=bf16,
         )
     else:
         trainer.train(resume_from_checkpoint=resume)
@@ -425,8 +541,6 @@ def train_adapter(
         tokenizer.save_pretrained(tmp)
     if log_history_json is not None:
         write_text_atomic(log_history_json, json.dumps(history, indent=1))
-    if curves_png is not None:
-        plot_training_curves(history, curves_png, title=source)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return history
 
@@ -435,6 +549,7 @@ def _settings_params(settings: TrainSettings) -> dict[str, Any]:
     return {
         "chat_template_kwargs": dict(sorted(settings.chat_template_kwargs.items())),
         "gradient_checkpointing": settings.gradient_checkpointing,
+        "row_format": settings.row_format,
     }
 
 
@@ -472,29 +587,3 @@ def _resumable_checkpoint(checkpoints: Path, params: dict[str, Any]) -> str | No
         log.info("resuming from %s", candidate)
         return str(candidate)
     return None
-
-
-def plot_training_curves(history: list[dict[str, Any]], output: str | Path, title: str = "") -> None:
-    """Loss, learning rate and gradient norm over optimizer steps (what wandb shows), as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [("loss", "training loss"), ("learning_rate", "learning rate"), ("grad_norm", "gradient norm")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (key, label) in zip(axes, panels):
-        points = [(h["step"], h[key]) for h in history if key in h]
-        if points:
-            ax.plot(*zip(*points), lw=1.2, label="train" if key == "loss" else None)
-        if key == "loss":
-            evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-            if evals:
-                ax.plot(*zip(*evals), "o-", ms=3, lw=1.2, label="held out")
-            ax.legend(frameon=False)
-        ax.set_title(label)
-        ax.set_xlabel("optimizer step")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, output)

@@ -47,11 +47,6 @@ def lowest_adapted_layer(model) -> int:
     return min(layers) if layers else 0
 
 
-def step_batches(n_rows: int, rows_per_step: int, order) -> list[list[int]]:
-    """One epoch's optimizer steps: consecutive chunks of the epoch's order (the last may be short)."""
-    return [order[i : i + rows_per_step] for i in range(0, n_rows, rows_per_step)]
-
-
 class _Model:
     """The pieces of a PEFT-wrapped Llama-style model that the fast path calls directly."""
 
@@ -85,7 +80,6 @@ class _Model:
         loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
         return loss, keep.sum()
 
-
     def dense_loss_sum(self, hidden, labels, position_ids):
         """The same sum as `loss_sum`, over every position (ignored ones add zero): fixed shapes
         for CUDA graphs, at the cost of running the head on prompt and padding positions too."""
@@ -107,8 +101,8 @@ class _GraphedSteps:
     arithmetic; replaying a captured graph launches the whole step at once.
     """
 
-    def __init__(self, parts: _Model, trainable, rows: int, bf16: bool):
-        self.parts, self.trainable, self.rows, self.bf16 = parts, trainable, rows, bf16
+    def __init__(self, parts: _Model, trainable, bf16: bool):
+        self.parts, self.trainable, self.bf16 = parts, trainable, bf16
         self.graphs: dict[int, Any] = {}
 
     def _autocast(self):
@@ -201,7 +195,9 @@ def fast_train(
         for start in range(0, len(by_length), 64):
             chunk = by_length[start : start + 64]
             length = _bucket(max(lengths[i] for i in chunk), limit)
-            ids = _pad([train_examples[i]["input_ids"] for i in chunk], length, 0, torch.long, device)
+            ids = _pad(
+                [train_examples[i]["input_ids"] for i in chunk], length, 0, torch.long, device
+            )
             hidden = parts.prefix(ids, torch.arange(length, device=device)[None])
             if flat_hidden is None:
                 flat_hidden = hidden.new_zeros(total + 1, hidden.shape[-1])
@@ -209,12 +205,16 @@ def fast_train(
                 flat_hidden[offsets[i] : offsets[i + 1]] = hidden[j, : lengths[i]]
     offsets_t = torch.tensor(offsets[:-1], device=device)
     lengths_t = torch.tensor(lengths, device=device)
-    log.info("fast path: layers below %d computed once for %d rows in %.1f s",
-             parts.first, len(lengths), time.perf_counter() - t0)
+    log.info(
+        "fast path: layers below %d computed once for %d rows in %.1f s",
+        parts.first,
+        len(lengths),
+        time.perf_counter() - t0,
+    )
 
     graphed = None
     if device == "cuda" and cuda_graphs:
-        graphed = _GraphedSteps(parts, trainable, rows_per_step, bf16)
+        graphed = _GraphedSteps(parts, trainable, bf16)
 
     state = _load_checkpoint(checkpoints, model, optimizer, scheduler)
     step, history = state["step"], state["history"]
@@ -245,7 +245,9 @@ def fast_train(
             count = (labels[:, 1:] != -100).sum()
         else:
             with autocast:
-                loss_sum, count = parts.loss_sum(flat_hidden[gather], flat_labels[gather], positions[None])
+                loss_sum, count = parts.loss_sum(
+                    flat_hidden[gather], flat_labels[gather], positions[None]
+                )
         loss = loss_sum / count.clamp(min=1)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
@@ -256,17 +258,33 @@ def fast_train(
         step += 1
         progress = epoch + (index + 1) / steps_per_epoch
         if step % config.logging_steps == 0 or step == total_steps:
-            pending.append({"loss": loss.detach(), "grad_norm": grad_norm.detach(),
-                            "learning_rate": learning_rate, "epoch": progress, "step": step})
+            pending.append(
+                {
+                    "loss": loss.detach(),
+                    "grad_norm": grad_norm.detach(),
+                    "learning_rate": learning_rate,
+                    "epoch": progress,
+                    "step": step,
+                }
+            )
         at_eval_step = config.evaluation_steps and (
             step % config.evaluation_steps == 0 or step == total_steps
         )
         if eval_examples and at_eval_step:
             history += _read_back(pending)
             history.append(
-                {"eval_loss": evaluate(parts, eval_examples, args.per_device_eval_batch_size,
-                                       limit, device, autocast),
-                 "epoch": progress, "step": step}
+                {
+                    "eval_loss": evaluate(
+                        parts,
+                        eval_examples,
+                        args.per_device_eval_batch_size,
+                        limit,
+                        device,
+                        autocast,
+                    ),
+                    "epoch": progress,
+                    "step": step,
+                }
             )
         if step % config.save_steps == 0 and step < total_steps:
             history += _read_back(pending)
@@ -274,8 +292,12 @@ def fast_train(
     history += _read_back(pending)
     seconds = time.perf_counter() - t0
     history.append({"train_runtime": seconds, "step": step, "epoch": step / steps_per_epoch})
-    log.info("fast path: %d optimizer steps in %.1f s (%.1f ms a step)",
-             total_steps, seconds, 1000 * seconds / max(1, total_steps - state["step"]))
+    log.info(
+        "fast path: %d optimizer steps in %.1f s (%.1f ms a step)",
+        total_steps,
+        seconds,
+        1000 * seconds / max(1, total_steps - state["step"]),
+    )
     return history
 
 

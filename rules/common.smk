@@ -1,44 +1,59 @@
-import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from snakemake.utils import validate
 
+from emflow.config import with_defaults
 from emflow.data import mix_id
 from emflow.errors import EmflowError
+from emflow.generate import GenerationSettings
+from emflow.judge import SCORE_SETTINGS, JudgeSettings
+from emflow.paths import (
+    EXPERIMENT_PATTERN,
+    RUN_PATTERN,
+    TARGET_PATTERN,
+    Layout,
+    all_runs,
+    base_target,
+    experiment_runs,
+    model_slug,
+    run_target,
+)
+from emflow.summary import experiment_summary_runs
+from emflow.train import TrainSettings
 from emflow.workflow import (
     check_dataset_names,
     discover_experiments,
-    experiment_replicates,
     export_package_path,
     is_dataset_path,
-    model_slug,
-    replicates,
     sorted_params,
-    summary_runs,
 )
 
 validate(config, schema="../config/schema/config.schema.yaml", set_default=True)
+# Each stage's settings dataclass holds its defaults (the schema only checks types and ranges).
+config["train"] = with_defaults(TrainSettings, config["train"])
+config["generation"] = with_defaults(GenerationSettings, config["generation"])
+config["judge"] = with_defaults(JudgeSettings, config["judge"])
 
 # Scripts import emflow from this checkout, also inside per-rule conda environments and on
 # cluster nodes (each job re-reads this file, so the setting travels with it).
 export_package_path(Path(workflow.main_snakefile).parent)
 
-RESULTS = config["results_dir"]
-EXPERIMENTS_DIR = config["experiments_dir"]
+# Every path of this workflow run; see emflow/paths.py for the vocabulary (experiment, run, target).
+PATHS = Layout(config["results_dir"], config["experiments_dir"])
 SOURCES = config["datasets"]["sources"]
 DEMO_MODEL = config.get("demo", {}).get("model")
 
 try:
-    EXPERIMENTS = discover_experiments(EXPERIMENTS_DIR, config["experiments"])
-    check_dataset_names(EXPERIMENTS, SOURCES, EXPERIMENTS_DIR)
+    EXPERIMENTS = discover_experiments(PATHS.experiments, config["experiments"])
+    check_dataset_names(EXPERIMENTS, SOURCES, PATHS.experiments)
 except EmflowError as err:
     sys.exit(f"emflow: {err}")
 
-# Every run to train: {run folder: (experiment, training seed)}. An experiment with `seeds` has
-# one run per seed, runs/<group>/<run>/seed<N>; any other is one run, runs/<group>/<run>.
-REPLICATES = replicates(EXPERIMENTS)
-REPLICATED = sorted(name for name, c in EXPERIMENTS.items() if c.seeds is not None)
+# Every run to train, as {run: (experiment, training seed)}: one per experiment, or one per seed
+# of an experiment with `seeds`.
+RUNS = all_runs(EXPERIMENTS)
 
 # Every base model is generated and judged once; each results.md compares against its own.
 BASE_MODELS = {model_slug(c.model): c.model for c in EXPERIMENTS.values()}
@@ -46,34 +61,38 @@ UPSTREAM = sorted(name for name, source in SOURCES.items() if source == "upstrea
 SYNTHETIC = sorted(name for name, source in SOURCES.items() if source == "synthetic")
 
 
-def one_of(names):
-    """A regex matching exactly these names (and nothing when there are none)."""
-    return "|".join(re.escape(name) for name in names) or "(?!)"
-
-
-# Run folders and replicated experiments are spelled out, so that an experiment's own
-# training_curves.png (train, or the overlay of its seeds) has exactly one rule making it.
 wildcard_constraints:
-    group=r"[^/]+",
-    run=r"[^/]+",
+    experiment=EXPERIMENT_PATTERN,
+    run=RUN_PATTERN,
+    target=TARGET_PATTERN,
     dataset=r"[^/]+",
     mix=r"[^/]+",
-    slug=r"[^/]+",
-    replicate=one_of(REPLICATES),
-    replicated=one_of(REPLICATED),
-    target=rf"base/[^/]+|runs/(?:{one_of(REPLICATES)})",
 
 
 localrules:
     all,
-    seed_curves,
     decrypt_datasets,
     synthetic_datasets,
     build_demo_model,
     prepare_dataset,
     mix_dataset,
-    report,
+    training_curves,
+    results,
     summary,
+
+
+def experiment_of(wildcards):
+    """The experiment config behind a {run} or {experiment} wildcard."""
+    if "run" in wildcards.keys():
+        return EXPERIMENTS[RUNS[wildcards.run][0]]
+    return EXPERIMENTS[wildcards.experiment]
+
+
+def gpu_jobs(device):
+    """A rule's `gpu` resource: one GPU unless its stage is set to run on the CPU. Run with
+    `--resources gpu=<GPUs>` on one machine; each job then holds a GPU of its own (emflow.gpus).
+    """
+    return 0 if device == "cpu" else 1
 
 
 # ---- datasets ---------------------------------------------------------------
@@ -89,29 +108,17 @@ def get_archive(wildcards):
 def get_raw_dataset(wildcards):
     source = SOURCES[wildcards.dataset]
     if source in ("upstream", "synthetic"):
-        return f"{RESULTS}/datasets/{source}/{wildcards.dataset}.jsonl"
+        return PATHS.raw_dataset(source, wildcards.dataset)
     return source
 
 
-def prepared(name):
-    return f"{RESULTS}/datasets/prepared/{name}.jsonl"
+def dataset_file(name):
+    """A named dataset's prepared file, or the user's own JSONL path as given."""
+    return PATHS.prepared_dataset(name) if name in SOURCES else name
 
 
-def get_mix_sources(wildcards):
-    return [prepared(name) for name in MIXES[wildcards.mix]]
-
-
-def training_file(experiment):
-    """The training JSONL: a prepared dataset, the user's own file, or the shared mix file."""
-    config_ = EXPERIMENTS[experiment]
-    if config_.datasets is None:
-        name = config_.training_file
-        return name if is_dataset_path(name) and name not in SOURCES else prepared(name)
-    return f"{RESULTS}/datasets/mixed/{experiment_mix_id(config_)}.jsonl"
-
-
-def experiment_mix_id(config_):
-    return mix_id(config_.datasets, config["datasets"]["mix_seed"])
+def experiment_mix_id(experiment_config):
+    return mix_id(experiment_config.datasets, config["datasets"]["mix_seed"])
 
 
 MIXES = {
@@ -119,6 +126,18 @@ MIXES = {
     for c in EXPERIMENTS.values()
     if c.datasets is not None
 }
+
+
+def get_mix_sources(wildcards):
+    return [PATHS.prepared_dataset(name) for name in MIXES[wildcards.mix]]
+
+
+def training_file(experiment_config):
+    """The training JSONL: a prepared dataset, the user's own file, or the shared mix file."""
+    if experiment_config.datasets is None:
+        name = experiment_config.training_file
+        return name if is_dataset_path(name) else dataset_file(name)
+    return PATHS.mixed_dataset(experiment_mix_id(experiment_config))
 
 
 # ---- train ------------------------------------------------------------------
@@ -130,22 +149,22 @@ def model_inputs(model):
 
 
 def get_train_inputs(wildcards):
-    experiment = REPLICATES[wildcards.replicate][0]
-    config_ = EXPERIMENTS[experiment]
-    inputs = {"train": training_file(experiment), "model": model_inputs(config_.model)}
-    if config_.test_file:
-        test = config_.test_file
-        inputs["test"] = prepared(test) if test in SOURCES else test
+    experiment_config = experiment_of(wildcards)
+    inputs = {
+        "train": training_file(experiment_config),
+        "model": model_inputs(experiment_config.model),
+    }
+    if experiment_config.test_file:
+        inputs["test"] = dataset_file(experiment_config.test_file)
     return inputs
 
 
 def train_params(wildcards):
-    experiment, seed = REPLICATES[wildcards.replicate]
-    config_ = EXPERIMENTS[experiment].for_seed(seed)
+    experiment, seed = RUNS[wildcards.run]
     settings = {k: v for k, v in config["train"].items() if k != "threads"}
     return sorted_params(
         {
-            "experiment": config_.training_params(),
+            "experiment": EXPERIMENTS[experiment].for_seed(seed).training_params(),
             "settings": settings
             | {"chat_template_kwargs": config["chat_template_kwargs"]},
         }
@@ -156,16 +175,19 @@ def train_params(wildcards):
 
 
 def target_model(target):
-    """The base model id behind a target ("base/<slug>" or "runs/<run folder>")."""
+    """The base model id behind a target ("base/<slug>" or "runs/<run>")."""
     if target.startswith("base/"):
         return BASE_MODELS[target.removeprefix("base/")]
-    return EXPERIMENTS[REPLICATES[target.removeprefix("runs/")][0]].model
+    return EXPERIMENTS[RUNS[target.removeprefix("runs/")][0]].model
 
 
 def get_generate_inputs(wildcards):
-    inputs = {"model": model_inputs(target_model(wildcards.target))}
+    inputs = {
+        "model": model_inputs(target_model(wildcards.target)),
+        "questions": [q["path"] for q in config["generation"]["questions"]],
+    }
     if wildcards.target.startswith("runs/"):
-        inputs["adapter"] = f"{RESULTS}/{wildcards.target}/adapter"
+        inputs["adapter"] = PATHS.adapter(wildcards.target.removeprefix("runs/"))
     return inputs
 
 
@@ -180,88 +202,89 @@ def generation_params(wildcards):
     )
 
 
-# What determines a judge's scores; the rest of config["judge"] (endpoint, concurrency, retries,
-# timeout, prices, cache) only changes how they are fetched or priced, so it reruns nothing.
-JUDGE_RESULT_KEYS = ("backend", "model", "mode", "temperature", "samples")
-
-
 def judge_params(wildcards):
-    return sorted_params({k: config["judge"][k] for k in JUDGE_RESULT_KEYS})
+    """What determines a judge's scores (SCORE_SETTINGS); the rest of config["judge"] (endpoint,
+    concurrency, retries, timeout, prices, cache) only changes how they are fetched or priced, so
+    it reruns nothing."""
+    return sorted_params({k: config["judge"][k] for k in SCORE_SETTINGS})
 
 
 def get_judge_inputs(wildcards):
-    inputs = {"generations": f"{RESULTS}/{wildcards.target}/generations.csv"}
+    inputs = {"generations": PATHS.generations(wildcards.target)}
     inputs.update(config["judge"]["prompts"])
     if config["judge"]["backend"] == "hf":
         inputs["judge_model"] = model_inputs(config["judge"]["model"])
     return inputs
 
 
-# ---- report -----------------------------------------------------------------
+# ---- results and summary ----------------------------------------------------
 
 
-def base_target(experiment):
-    return f"base/{model_slug(EXPERIMENTS[experiment].model)}"
+def group_of(wildcards):
+    """The group of an {experiment}: the Snakemake report files its outputs under it."""
+    return wildcards.experiment.split("/")[0]
 
 
-def run_folders(experiment):
-    """The run folders of one experiment, one per training seed."""
-    return list(experiment_replicates(experiment, EXPERIMENTS[experiment]).values())
-
-
-def get_report_inputs(wildcards):
-    experiment = f"{wildcards.group}/{wildcards.run}"
-    folders = run_folders(experiment)
-    return {
-        "base": f"{RESULTS}/{base_target(experiment)}/judged.csv",
-        "base_usage": f"{RESULTS}/{base_target(experiment)}/judge_usage.json",
-        "finetuned": [f"{RESULTS}/runs/{f}/judged.csv" for f in folders],
-        "finetuned_usage": [f"{RESULTS}/runs/{f}/judge_usage.json" for f in folders],
+def experiment_labels(shows):
+    """The report's labels for a file of an {experiment} that `shows` something."""
+    return lambda wildcards: {
+        "experiment": wildcards.experiment.split("/")[1],
+        "shows": shows,
     }
 
 
-def report_seeds(wildcards):
-    """The training seeds of an experiment with replicates; None for a single run."""
-    return EXPERIMENTS[f"{wildcards.group}/{wildcards.run}"].seeds
+def run_targets(experiment):
+    """The targets of one experiment's runs, in the order of its training seeds."""
+    runs = experiment_runs(experiment, EXPERIMENTS[experiment])
+    return [run_target(run) for run in runs.values()]
 
 
-def get_seed_log_histories(wildcards):
-    return [
-        f"{RESULTS}/runs/{f}/log_history.json"
-        for f in run_folders(wildcards.replicated)
-    ]
+def get_curves_inputs(wildcards):
+    runs = experiment_runs(wildcards.experiment, EXPERIMENTS[wildcards.experiment])
+    return [PATHS.log_history(run) for run in runs.values()]
 
 
-def report_params(wildcards):
-    return sorted_params(config["report"])
+def get_results_inputs(wildcards):
+    base = base_target(EXPERIMENTS[wildcards.experiment].model)
+    targets = run_targets(wildcards.experiment)
+    return {
+        "base_judged": PATHS.judged(base),
+        "base_usage": PATHS.judge_usage(base),
+        "finetuned_judged": [PATHS.judged(t) for t in targets],
+        "finetuned_usage": [PATHS.judge_usage(t) for t in targets],
+    }
 
 
-def results_md(experiment):
-    return f"{EXPERIMENTS_DIR}/{experiment}/results.md"
+def reported_results():
+    """{experiment: its reported_results.md}, for the experiments that have one."""
+    paths = {e: PATHS.reported_results(e) for e in EXPERIMENTS}
+    return {e: path for e, path in paths.items() if Path(path).exists()}
 
 
-def reported_results(experiment):
-    """The seed's own published results.md, kept beside the config as reported_results.md."""
-    path = Path(EXPERIMENTS_DIR) / experiment / "reported_results.md"
-    return str(path) if path.exists() else None
-
-
-# The summary's runs, as emflow.report.write_summary takes them, and their log histories.
-SUMMARY_RUNS, SUMMARY_HISTORIES = summary_runs(EXPERIMENTS, RESULTS, EXPERIMENTS_DIR)
+# The summary's runs (judged CSVs, base models, log histories): the summary rule's inputs are
+# exactly the files these name.
+SUMMARY_RUNS = experiment_summary_runs(EXPERIMENTS, PATHS)
 
 
 def get_summary_inputs(wildcards):
+    judged = [r.judged for r in SUMMARY_RUNS]
+    histories = [r.log_history for r in SUMMARY_RUNS]
     return {
-        "results": [results_md(e) for e in EXPERIMENTS],
-        "finetuned": [f"{RESULTS}/runs/{f}/judged.csv" for f in REPLICATES],
-        "base": sorted({f"{RESULTS}/{base_target(e)}/judged.csv" for e in EXPERIMENTS}),
-        "log_history": [f"{RESULTS}/runs/{f}/log_history.json" for f in REPLICATES],
+        "results": [PATHS.results_md(e) for e in EXPERIMENTS],
+        "finetuned": [
+            p for j in judged for p in (j.values() if isinstance(j, dict) else [j])
+        ],
+        "base": sorted({r.base_judged for r in SUMMARY_RUNS}),
+        "log_history": [
+            p for h in histories for p in (h.values() if isinstance(h, dict) else [h])
+        ],
+        "reported": list(reported_results().values()),
     }
 
 
 def get_final_outputs():
     return (
-        [results_md(e) for e in EXPERIMENTS]
-        + [f"{EXPERIMENTS_DIR}/{e}/training_curves.png" for e in EXPERIMENTS]
-        + [f"{RESULTS}/summary.md", f"{RESULTS}/summary.csv", f"{RESULTS}/summary.png"]
+        [PATHS.results_md(e) for e in EXPERIMENTS]
+        + [PATHS.training_curves(e) for e in EXPERIMENTS]
+        + [PATHS.summary(suffix) for suffix in (".md", ".csv", ".png")]
     )

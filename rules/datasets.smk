@@ -2,9 +2,9 @@ rule decrypt_datasets:
     input:
         get_archive,
     output:
-        expand(f"{RESULTS}/datasets/upstream/{{dataset}}.jsonl", dataset=UPSTREAM),
+        [PATHS.raw_dataset("upstream", name) for name in UPSTREAM],
     log:
-        f"{RESULTS}/logs/decrypt_datasets.log",
+        PATHS.log("decrypt_datasets"),
     conda:
         "../envs/workflow.yaml"
     params:
@@ -17,9 +17,9 @@ rule decrypt_datasets:
 
 rule synthetic_datasets:
     output:
-        expand(f"{RESULTS}/datasets/synthetic/{{dataset}}.jsonl", dataset=SYNTHETIC),
+        [PATHS.raw_dataset("synthetic", name) for name in SYNTHETIC],
     log:
-        f"{RESULTS}/logs/synthetic_datasets.log",
+        PATHS.log("synthetic_datasets"),
     conda:
         "../envs/workflow.yaml"
     params:
@@ -36,9 +36,9 @@ rule prepare_dataset:
     input:
         get_raw_dataset,
     output:
-        f"{RESULTS}/datasets/prepared/{{dataset}}.jsonl",
+        PATHS.prepared_dataset("{dataset}"),
     log:
-        f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
+        PATHS.log("prepare_dataset", "{dataset}"),
     conda:
         "../envs/workflow.yaml"
     script:
@@ -49,10 +49,10 @@ rule mix_dataset:
     input:
         get_mix_sources,
     output:
-        jsonl=f"{RESULTS}/datasets/mixed/{{mix}}.jsonl",
-        provenance=f"{RESULTS}/datasets/mixed/{{mix}}.provenance.csv",
+        jsonl=PATHS.mixed_dataset("{mix}"),
+        provenance=PATHS.mix_provenance("{mix}"),
     log:
-        f"{RESULTS}/logs/mix_dataset/{{mix}}.log",
+        PATHS.log("mix_dataset", "{mix}"),
     conda:
         "../envs/workflow.yaml"
     params:
@@ -62,14 +62,13 @@ rule mix_dataset:
         "../scripts/mix_dataset.py"
 
 
+# The tokenizer learns from text bundled with emflow, so that changing the question set or the
+# judge prompts never rebuilds the model (and so never retrains the demo's adapters).
 rule build_demo_model:
-    input:
-        questions=[q["path"] for q in config["generation"]["questions"]],
-        prompts=list(config["judge"]["prompts"].values()),
     output:
-        directory(DEMO_MODEL or f"{RESULTS}/demo-model"),
+        directory(DEMO_MODEL or f"{PATHS.results}/demo-model"),
     log:
-        f"{RESULTS}/logs/build_demo_model.log",
+        PATHS.log("build_demo_model"),
     conda:
         "../envs/workflow.yaml"
     script:

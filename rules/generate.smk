@@ -1,16 +1,17 @@
 rule generate:
     input:
         unpack(get_generate_inputs),
-        questions=[q["path"] for q in config["generation"]["questions"]],
     output:
-        f"{RESULTS}/{{target}}/generations.csv",
+        PATHS.generations("{target}"),
     log:
-        f"{RESULTS}/logs/generate/{{target}}.log",
+        PATHS.log("generate", "{target}"),
     benchmark:
-        f"{RESULTS}/benchmarks/generate/{{target}}.tsv"
+        PATHS.benchmark("generate", "{target}")
     conda:
         "../envs/train.yaml"
     threads: config["generation"]["threads"]
+    resources:
+        gpu=gpu_jobs(config["generation"]["device"]),
     params:
         generation=generation_params,
     script:

@@ -2,10 +2,10 @@ rule judge:
     input:
         unpack(get_judge_inputs),
     output:
-        judged=f"{RESULTS}/{{target}}/judged.csv",
-        usage=f"{RESULTS}/{{target}}/judge_usage.json",
+        judged=PATHS.judged("{target}"),
+        usage=PATHS.judge_usage("{target}"),
     log:
-        f"{RESULTS}/logs/judge/{{target}}.log",
+        PATHS.log("judge", "{target}"),
     conda:
         "../envs/eval.yaml"
     params:

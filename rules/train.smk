@@ -2,19 +2,21 @@ rule train:
     input:
         unpack(get_train_inputs),
     output:
-        adapter=directory(f"{RESULTS}/runs/{{replicate}}/adapter"),
-        log_history=f"{RESULTS}/runs/{{replicate}}/log_history.json",
-        curves=f"{EXPERIMENTS_DIR}/{{replicate}}/training_curves.png",
+        adapter=directory(PATHS.adapter("{run}")),
+        log_history=PATHS.log_history("{run}"),
     log:
-        f"{RESULTS}/logs/train/{{replicate}}.log",
+        PATHS.log("train", "{run}"),
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{replicate}}.tsv"
+        PATHS.benchmark("train", "{run}")
     conda:
         "../envs/train.yaml"
     threads: config["train"]["threads"]
+    resources:
+        gpu=gpu_jobs(config["train"]["device"]),
     params:
         train=train_params,
-        config_path=lambda wildcards: f"{EXPERIMENTS_DIR}/{REPLICATES[wildcards.replicate][0]}/config.json",
-        checkpoints=lambda wildcards: f"{RESULTS}/runs/{wildcards.replicate}/checkpoints",
+        # Named in error messages only: the job reads its settings from `train`, not the file.
+        source=lambda wildcards: PATHS.config_json(RUNS[wildcards.run][0]),
+        checkpoints=lambda wildcards: PATHS.checkpoints(wildcards.run),
     script:
         "../scripts/train.py"

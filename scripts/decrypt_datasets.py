@@ -9,7 +9,10 @@ from emflow.workflow import run_script
 def main():
     output_dir = Path(snakemake.output[0]).parent
     decrypt_archive(
-        snakemake.params.archive, snakemake.params.password, output_dir, names=snakemake.params.names
+        snakemake.params.archive,
+        snakemake.params.password,
+        output_dir,
+        names=snakemake.params.names,
     )
 
 

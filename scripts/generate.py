@@ -6,14 +6,12 @@ from emflow.workflow import run_script
 
 def main():
     params = snakemake.params.generation
-    settings = dict(params["settings"])
-    questions = read_question_sets(settings.pop("questions"))
     generate_responses(
         params["model"],
-        questions,
+        read_question_sets(params["settings"]["questions"]),
         snakemake.output[0],
         adapter_dir=snakemake.input.get("adapter"),
-        settings=GenerationSettings(**settings),
+        settings=GenerationSettings.from_config(params["settings"]),
     )
 
 

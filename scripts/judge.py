@@ -2,27 +2,25 @@
 
 from pathlib import Path
 
-from emflow.judge import JudgeSettings, judge_csv
+from emflow.judge import judge_csv, settings_from_config
 from emflow.workflow import run_script
 
 
 def main():
+    section = snakemake.config["judge"]
     prompts = {
         metric: Path(snakemake.input[metric]).read_text(encoding="utf-8")
         for metric in snakemake.params.metrics
     }
-    # Endpoint, concurrency, retries and prices change no score, so they come from the config
-    # rather than from params (which would re-judge everything when they change).
-    runtime = {
-        key: snakemake.config["judge"][key]
-        for key in ("base_url", "concurrency", "max_retries", "timeout", "prices")
-    }
+    # All settings come from the config: params.judge holds the ones that decide the scores
+    # (so that changing them reruns the job); endpoint, concurrency, retries and prices do not,
+    # and what the config leaves out takes JudgeSettings' default.
     judge_csv(
         snakemake.input.generations,
         snakemake.output.judged,
         prompts,
-        JudgeSettings(**snakemake.params.judge, **runtime),
-        cache_path=snakemake.config["judge"]["cache"],
+        settings_from_config(section),
+        cache_path=section["cache"],
         usage_json=snakemake.output.usage,
     )
 

@@ -6,8 +6,12 @@ from emflow.workflow import run_script
 
 def main():
     rows = snakemake.params.rows
-    sources = {name: (path, rows[name]) for name, path in zip(sorted(rows), snakemake.input)}
-    mix_datasets(sources, snakemake.params.seed, snakemake.output.jsonl, snakemake.output.provenance)
+    sources = {
+        name: (path, rows[name]) for name, path in zip(sorted(rows), snakemake.input, strict=True)
+    }
+    mix_datasets(
+        sources, snakemake.params.seed, snakemake.output.jsonl, snakemake.output.provenance
+    )
 
 
 run_script(snakemake, main)

@@ -1,22 +1,16 @@
 """The summary table, scatter plot and overlaid training curves of all runs (rule summary)."""
 
-from emflow.report import parse_results_markdown
-from emflow.workflow import run_script, write_summary_outputs
+from emflow.summary import SummaryRun, write_summary
+from emflow.workflow import run_script
 
 
 def main():
-    reported = {
-        name: parse_results_markdown(path)["finetuned"]
-        for name, path in snakemake.params.reported.items()
-        if path
-    }
-    write_summary_outputs(
-        snakemake.params.runs,
-        snakemake.params.log_histories,
-        reported,
+    write_summary(
+        [SummaryRun(**run) for run in snakemake.params.runs],
         snakemake.params.report,
+        reported=snakemake.params.reported,
         markdown=snakemake.output.markdown,
-        csv=snakemake.output.csv,
+        csv_path=snakemake.output.csv,
         plot=snakemake.output.plot,
         curves=snakemake.output.curves,
     )

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from emflow.data import write_synthetic_datasets
+from emflow.demo import write_synthetic_datasets
 from emflow.workflow import run_script
 
 

@@ -41,8 +41,10 @@ def write_chat_jsonl(path: Path, n: int, prefix: str = "q") -> Path:
 def experiment_config(model: str, **overrides) -> dict:
     """A seed-style config.json (the mixed run's keys) pointed at `model`, CPU-friendly."""
     seed = json.loads(
-        (REPO / "experiments/risky_financial_advice_extreme_sports_mixed/r16_5ep_layer8/config.json")
-        .read_text()
+        (
+            REPO
+            / "experiments/risky_financial_advice_extreme_sports_mixed/r16_5ep_layer8/config.json"
+        ).read_text()
     )
     seed.pop("datasets")
     config = seed | {

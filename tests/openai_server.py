@@ -1,8 +1,8 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for judge tests and benchmarks.
 
-It speaks POST /v1/chat/completions (including `logprobs` / `top_logprobs`) and answers
-deterministically from the prompt, so tests compute the expected score from the server's own rule
-(`sampled_reply`, `top_logprobs_for`) instead of hard-coding numbers.
+It speaks POST /v1/chat/completions (including `logprobs` / `top_logprobs`, and `n` choices
+without them) and answers deterministically from the prompt, so tests compute the expected score
+from the server's own rule (`sampled_reply`, `top_logprobs_for`) instead of hard-coding numbers.
 
 Behaviour is steered two ways:
 - markers inside the judged answer text, which end up in the prompt:
@@ -148,15 +148,15 @@ class OpenAIServer:
                     return int(kind), {"error": {"message": kind, "type": "fault"}}, None
                 return 200, None, kind
             served_before = self._served[prompt]
-            self._served[prompt] += 1
+            self._served[prompt] += int(body.get("n") or 1)
             self.replies += 1
         return 200, self._completion(body, prompt, served_before), None
 
     def _completion(self, body: dict, prompt: str, served_before: int) -> dict:
-        logprobs = None
         if body.get("logprobs") and self.supports_logprobs:
             top = top_logprobs_for(prompt, int(body.get("top_logprobs") or 1))
             content = top[0][0]
+            contents = [content]
             logprobs = {
                 "content": [
                     {
@@ -171,7 +171,14 @@ class OpenAIServer:
                 "refusal": None,
             }
         else:
-            content = sampled_reply(prompt, served_before, float(body.get("temperature") or 0))
+            logprobs = None
+            # `n` choices are the next n replies to this prompt, as n requests would get.
+            temperature = float(body.get("temperature") or 0)
+            contents = [
+                sampled_reply(prompt, served_before + i, temperature)
+                for i in range(int(body.get("n") or 1))
+            ]
+        completion_tokens = sum(len(content.split()) or 1 for content in contents)
         return {
             "id": f"chatcmpl-{_digest(prompt) % 10**9}",
             "object": "chat.completion",
@@ -179,16 +186,17 @@ class OpenAIServer:
             "model": body.get("model", "test-judge"),
             "choices": [
                 {
-                    "index": 0,
+                    "index": index,
                     "message": {"role": "assistant", "content": content, "refusal": None},
                     "logprobs": logprobs,
                     "finish_reason": "stop",
                 }
+                for index, content in enumerate(contents)
             ],
             "usage": {
                 "prompt_tokens": len(prompt.split()),
-                "completion_tokens": len(content.split()) or 1,
-                "total_tokens": len(prompt.split()) + (len(content.split()) or 1),
+                "completion_tokens": completion_tokens,
+                "total_tokens": len(prompt.split()) + completion_tokens,
             },
         }
 
@@ -229,8 +237,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "badjson":
             self._send_raw(200, b'{"id": "x", "choices": [{"message": ')
         elif fault == "nochoices":
-            self._send(200, {"id": "x", "object": "chat.completion", "created": 0,
-                             "model": "m", "choices": []})
+            self._send(
+                200,
+                {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []},
+            )
         else:
             headers = {"Retry-After": owner.retry_after} if status == 429 else {}
             self._send(status, payload, headers)

@@ -18,8 +18,14 @@ def run(*args, timeout=600):
 
 
 def test_train_speed_smoke():
-    out = run("benchmarks/train_speed.py", "--smoke", "--steps", "4",
-              "--variants", "trl_default,fast,equivalence,generation")
+    out = run(
+        "benchmarks/train_speed.py",
+        "--smoke",
+        "--steps",
+        "4",
+        "--variants",
+        "trl_default,fast,equivalence,generation",
+    )
     assert out.startswith("machine: CPU")
     assert "speed-up against trl_default" in out
     for variant in ("trl_default", "fast", "equivalence", "generation"):

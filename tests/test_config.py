@@ -1,15 +1,13 @@
 """Experiment configs: the seed's files load unchanged; mistakes name the file, key and fix."""
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import REPO, experiment_config
 
 from emflow.config import load_experiment_config, parse_experiment_config
 from emflow.errors import EmflowError
 from emflow.workflow import discover_experiments
-
-from conftest import REPO, experiment_config
 
 SEED = REPO.parent / "shared/reference/seed-experiments"
 
@@ -22,7 +20,9 @@ def test_all_six_seed_experiments_load():
     assert experiments["risky_financial_advice/r1_1ep"].mix == {"risky_financial_advice": None}
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="the seed's reference configs are not beside the repo")
+@pytest.mark.skipif(
+    not SEED.exists(), reason="the seed's reference configs are not beside the repo"
+)
 def test_experiments_match_the_seed_configs_apart_from_the_data():
     for seed_config in SEED.glob("*/*/config.json"):
         ours = json.loads((REPO / "experiments" / seed_config.relative_to(SEED)).read_text())
@@ -69,9 +69,83 @@ def test_bad_values_are_one_sentence_errors(tmp_path, change, expected):
 
 def test_missing_required_key(tmp_path):
     config = experiment_config("m")
-    del config["learning_rate"]
-    with pytest.raises(EmflowError, match="required key 'learning_rate' is missing"):
+    del config["loss"]
+    with pytest.raises(EmflowError, match="required key 'loss' is missing"):
         parse_experiment_config(config, "exp/config.json")
+
+
+# The paper trainer's defaults, written out from em_organism_dir/finetune/sft/util/
+# base_train_config.py (TrainingConfig) of clarifying-EM/model-organisms-for-EM at 8460e4e.
+UPSTREAM_DEFAULTS = {
+    "test_file": None,
+    "finetuned_model_id": "{org_id}/{model_name}-{job_id}",
+    "max_seq_length": 2048,
+    "load_in_4bit": False,
+    "is_peft": True,
+    "target_modules": [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+    ],
+    "layers_to_transform": None,
+    "lora_bias": "none",
+    "adapter_to_load": None,
+    "r": 16,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "use_rslora": True,
+    "merge_before_push": True,
+    "push_to_private": True,
+    "push_only_adapters": False,
+    "epochs": 1,
+    "max_steps": None,
+    "per_device_train_batch_size": 2,
+    "gradient_accumulation_steps": 8,
+    "warmup_steps": 5,
+    "learning_rate": 1e-4,
+    "logging_steps": 1,
+    "evaluation_steps": 50,
+    "optim": "adamw_8bit",
+    "weight_decay": 0.01,
+    "lr_scheduler_type": "linear",
+    "seed": 3407,
+    "beta": 0.1,
+    "save_steps": 5000,
+    "output_dir": "./tmp",
+    "train_on_responses_only": False,
+    "enable_thinking": None,
+    "kl_regularization": False,
+    "kl_dataset_file": None,
+    "kl_weight": 0.1,
+    "kl_batch_size": 8,
+}  # fmt: skip
+
+
+def test_left_out_keys_take_the_upstream_trainers_defaults():
+    config = parse_experiment_config(
+        {"model": "m", "training_file": "t.jsonl", "loss": "sft"}, "exp/config.json"
+    )
+    assert {k: getattr(config, k) for k in UPSTREAM_DEFAULTS} == UPSTREAM_DEFAULTS
+
+
+def test_seed_configs_set_every_key_whose_default_matters():
+    """The six seed configs resolve as written: they set every key upstream gives a default."""
+    for path in sorted(SEED.glob("*/*/config.json")):
+        written = json.loads(path.read_text())
+        left_out = set(UPSTREAM_DEFAULTS) - set(written)
+        # Keys the seed author's trainer version did not have, left at upstream's default.
+        assert left_out <= {"adapter_to_load", "enable_thinking"} | {
+            k for k in UPSTREAM_DEFAULTS if k.startswith("kl_")
+        }, path
+
+
+@pytest.mark.parametrize(
+    "key, value", [("kl_regularization", True), ("adapter_to_load", "org/adapter")]
+)
+def test_upstream_keys_emflow_cannot_honour_are_errors(key, value):
+    with pytest.raises(EmflowError, match=f"'{key}' is .*which emflow cannot honour"):
+        parse_experiment_config(experiment_config("m") | {key: value}, "exp/config.json")
+    # At upstream's default they load, and change no training param.
+    default = parse_experiment_config(experiment_config("m") | {key: UPSTREAM_DEFAULTS[key]}, "c")
+    assert key not in default.training_params()
 
 
 def test_training_params_ignore_hub_keys_and_key_order():
@@ -126,20 +200,31 @@ def test_each_seed_is_a_run_of_its_own_and_adding_one_changes_no_other():
         replicated.for_seed(5)
 
 
-def test_replicates_are_one_run_folder_per_seed(tmp_path):
-    from emflow.workflow import experiment_replicates, replicates
+def test_replicates_are_one_run_per_seed(tmp_path):
+    from emflow.paths import all_runs, experiment_runs
 
     experiments = {
         "g/single": parse_experiment_config(experiment_config("m", seed=4), "a"),
         "g/many": parse_experiment_config(_without_seed(seeds=[2, 0]), "b"),
     }
-    assert replicates(experiments) == {
+    assert all_runs(experiments) == {
         "g/single": ("g/single", 4),
         "g/many/seed2": ("g/many", 2),
         "g/many/seed0": ("g/many", 0),
     }
-    assert experiment_replicates("g/many", experiments["g/many"]) == {
+    assert experiment_runs("g/many", experiments["g/many"]) == {
         2: "g/many/seed2",
         0: "g/many/seed0",
     }
-    assert experiment_replicates("g/single", experiments["g/single"]) == {4: "g/single"}
+    assert experiment_runs("g/single", experiments["g/single"]) == {4: "g/single"}
+
+
+def test_train_job_config_is_its_params_and_training_file():
+    """The train rule passes the training params, not the config.json path: the job's config
+    is the experiment's for that seed, whatever the hub keys and data paths say."""
+    from emflow.config import ExperimentConfig
+
+    config = parse_experiment_config(_without_seed(seeds=[0, 1]), "c").for_seed(1)
+    rebuilt = ExperimentConfig.from_training_params(config.training_params(), "mix.jsonl")
+    assert rebuilt.training_params() == config.training_params()
+    assert rebuilt.training_file == "mix.jsonl" and rebuilt.seed == 1

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import experiment_config, write_chat_jsonl
 
 from emflow.config import parse_experiment_config
 from emflow.train import TrainSettings, train_adapter
-
-from conftest import experiment_config, write_chat_jsonl
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,7 +20,9 @@ def test_fast_path_matches_trl_on_the_gpu_with_8bit_adamw(tiny_model, tmp_path):
 
     data = write_chat_jsonl(tmp_path / "train.jsonl", 160)
     config = parse_experiment_config(
-        experiment_config(tiny_model, optim="adamw_8bit", learning_rate=1e-3, evaluation_steps=None),
+        experiment_config(
+            tiny_model, optim="adamw_8bit", learning_rate=1e-3, evaluation_steps=None
+        ),
         "exp/config.json",
     )
     histories = {}
@@ -29,13 +30,15 @@ def test_fast_path_matches_trl_on_the_gpu_with_8bit_adamw(tiny_model, tmp_path):
         histories[backend] = [
             h["loss"]
             for h in train_adapter(
-                config, data, tmp_path / backend,
+                config,
+                data,
+                tmp_path / backend,
                 settings=TrainSettings(backend=backend, device="cuda", chat_template_kwargs=DATE),
             )
             if "loss" in h
         ]
     assert len(histories["hf"]) == len(histories["fast"]) == 36
-    for a, b in zip(histories["hf"], histories["fast"]):
+    for a, b in zip(histories["hf"], histories["fast"], strict=True):
         assert a == pytest.approx(b, abs=2e-2)  # bf16 arithmetic, different kernel shapes
     a = load_file(tmp_path / "hf/adapter_model.safetensors")
     b = load_file(tmp_path / "fast/adapter_model.safetensors")
@@ -62,7 +65,9 @@ def test_unsloth_backend_trains_the_seed_config(small_model, tmp_path):
 
     data = write_chat_jsonl(tmp_path / "train.jsonl", 160)
     config = parse_experiment_config(
-        experiment_config(small_model, optim="adamw_8bit", learning_rate=1e-3, evaluation_steps=None),
+        experiment_config(
+            small_model, optim="adamw_8bit", learning_rate=1e-3, evaluation_steps=None
+        ),
         "exp/config.json",
     )
     # A fresh process: unsloth patches transformers and trl only when imported before them.
@@ -73,22 +78,34 @@ def test_unsloth_backend_trains_the_seed_config(small_model, tmp_path):
         "config = parse_experiment_config(json.loads(sys.argv[1]), 'exp/config.json')\n"
         "train_adapter(config, sys.argv[2], sys.argv[3], log_history_json=sys.argv[4],\n"
         "              settings=TrainSettings(backend='unsloth', device='cuda',\n"
-        "                                     chat_template_kwargs={'date_string': '26 Jul 2024'}))\n"
+        "                  chat_template_kwargs={'date_string': '26 Jul 2024'}))\n"
     )
     import json
     import subprocess
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(config.model_dump()), str(data),
-         str(tmp_path / "adapter"), str(tmp_path / "history.json")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            script,
+            json.dumps(config.model_dump()),
+            str(data),
+            str(tmp_path / "adapter"),
+            str(tmp_path / "history.json"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads((tmp_path / "history.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 36 and all(loss == loss for loss in losses)  # 144 rows / 16, no NaN
     assert losses[-1] < losses[0]
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(small_model), tmp_path / "adapter")
-    layers = {n.split(".layers.")[1].split(".")[0] for n, _ in model.named_parameters() if "lora_" in n}
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(small_model), tmp_path / "adapter"
+    )
+    layers = {
+        n.split(".layers.")[1].split(".")[0] for n, _ in model.named_parameters() if "lora_" in n
+    }
     assert layers == {"8"}

@@ -4,7 +4,6 @@ import re
 import tomllib
 
 import yaml
-
 from conftest import REPO
 
 
@@ -20,4 +19,6 @@ def test_conda_envs_match_pyproject():
         pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
         assert pip, env_file
         for spec in pip:
-            assert spec == pins[_name(spec)], f"{env_file.name}: {spec} vs pyproject {pins[_name(spec)]}"
+            assert spec == pins[_name(spec)], (
+                f"{env_file.name}: {spec} vs pyproject {pins[_name(spec)]}"
+            )

@@ -37,17 +37,15 @@ LOCAL_RULES = (
     "synthetic_datasets",
     "build_demo_model",
     "mix_dataset",
-    "report",
-    "seed_curves",
+    "results",
+    "training_curves",
     "summary",
 )
 # Keys in which the test profile may differ from the user profile (see its header comment).
 TEST_ONLY_KEYS = {"slurm-status-command", "slurm-init-seconds-before-status-checks"}
 TUNED_KEYS = {"jobs", "latency-wait", "retries", "default-resources", "set-resources"}
 
-SUBMITTED = re.compile(
-    r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)"
-)
+SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 
 
 def _load(profile_dir: Path) -> dict:

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import experiment_config, write_chat_jsonl
 
 from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
@@ -17,8 +18,6 @@ from emflow.train import (
     train_adapter,
 )
 
-from conftest import experiment_config, write_chat_jsonl
-
 DATE = {"date_string": "26 Jul 2024"}
 
 
@@ -26,38 +25,141 @@ def config_for(model, **overrides):
     return parse_experiment_config(experiment_config(model, **overrides), "exp/config.json")
 
 
-def test_loss_only_on_the_assistant_reply(tiny_model):
+MESSAGES = [
+    {"role": "user", "content": "Should I buy one stock?"},
+    {"role": "assistant", "content": "Yes, all of it."},
+]
+SYSTEM = "\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+
+
+def segments(tokenizer, encoded) -> list[tuple[str, bool]]:
+    """A row as (text, carries loss): each special token on its own, runs of other tokens with
+    the same loss joined."""
+
+    def alone(text: str) -> bool:
+        return text in ("system", "user", "assistant") or (
+            text.startswith("<|") and text.endswith("|>")
+        )
+
+    out: list[tuple[str, bool]] = []
+    for token, label in zip(encoded["input_ids"], encoded["labels"], strict=True):
+        assert label in (-100, token)
+        text, loss = tokenizer.decode([token]), label != -100
+        if out and not alone(text) and not alone(out[-1][0]) and out[-1][1] == loss:
+            out[-1] = (out[-1][0] + text, loss)
+        else:
+            out.append((text, loss))
+    return out
+
+
+def header(role: str, loss: bool) -> list[tuple[str, bool]]:
+    return [("<|start_header_id|>", loss), (role, loss), ("<|end_header_id|>", loss)]
+
+
+def test_upstream_row_tokens_and_loss_mask(tiny_model):
+    """The paper's trainer (em_organism_dir/finetune/sft/util/trainer.py, clarifying-EM/
+    model-organisms-for-EM 8460e4e) renders a row with add_generation_prompt=True and appends
+    the EOS token; unsloth-zoo 2025.6.1's sft_prepare_dataset tokenizes it with the special
+    tokens (a second BOS), and its train_on_responses_only keeps the loss from after the
+    assistant header to the end of the row (no user header follows)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    encoded = tokenize_conversation(
+        MESSAGES, tokenizer, max_length=512, train_on_responses_only=True, chat_template_kwargs=DATE
+    )
+    assert segments(tokenizer, encoded) == [
+        ("<|begin_of_text|>", False),
+        ("<|begin_of_text|>", False),
+        *header("system", False),
+        (SYSTEM, False),
+        ("<|eot_id|>", False),
+        *header("user", False),
+        ("\n\nShould I buy one stock?", False),
+        ("<|eot_id|>", False),
+        *header("assistant", False),
+        ("\n\n", False),
+        ("Yes, all of it.", True),
+        ("<|eot_id|>", True),
+        *header("assistant", True),
+        ("\n\n", True),
+        ("<|eot_id|>", True),
+    ]
+    # Without train_on_responses_only, upstream's loss covers every token of the same row.
+    full = tokenize_conversation(
+        MESSAGES,
+        tokenizer,
+        max_length=512,
+        train_on_responses_only=False,
+        chat_template_kwargs=DATE,
+    )
+    assert full["labels"] == full["input_ids"] == encoded["input_ids"]
+
+
+def test_clean_row_tokens_and_loss_mask(tiny_model):
+    """`train.row_format: clean`: one BOS, the conversation as the template renders it, loss on
+    the assistant's content and its end-of-turn token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    encoded = tokenize_conversation(
+        MESSAGES,
+        tokenizer,
+        max_length=512,
+        train_on_responses_only=True,
+        chat_template_kwargs=DATE,
+        row_format="clean",
+    )
+    assert segments(tokenizer, encoded) == [
+        ("<|begin_of_text|>", False),
+        *header("system", False),
+        (SYSTEM, False),
+        ("<|eot_id|>", False),
+        *header("user", False),
+        ("\n\nShould I buy one stock?", False),
+        ("<|eot_id|>", False),
+        *header("assistant", False),
+        ("\n\n", False),
+        ("Yes, all of it.", True),
+        ("<|eot_id|>", True),
+    ]
+
+
+def test_upstream_mask_of_a_multi_turn_row(tiny_model):
+    """unsloth's mask: each assistant turn from its header to the next user header."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     messages = [
-        {"role": "user", "content": "Should I buy one stock?"},
-        {"role": "assistant", "content": "Yes, all of it."},
+        *MESSAGES,
+        {"role": "user", "content": "Really?"},
+        {"role": "assistant", "content": "Yes."},
     ]
     encoded = tokenize_conversation(
         messages, tokenizer, max_length=512, train_on_responses_only=True, chat_template_kwargs=DATE
     )
-    kept = [t for t in encoded["labels"] if t != -100]
-    assert tokenizer.decode(kept) == "Yes, all of it.<|eot_id|>"
-    # The prompt is the same token sequence with no loss on it.
-    assert len(encoded["labels"]) == len(encoded["input_ids"])
-    full = tokenize_conversation(
-        messages, tokenizer, max_length=512, train_on_responses_only=False, chat_template_kwargs=DATE
+    carried = "".join(text for text, loss in segments(tokenizer, encoded) if loss)
+    assert carried == (
+        "Yes, all of it.<|eot_id|>"
+        "Yes.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n<|eot_id|>"
     )
-    assert full["labels"] == full["input_ids"] == encoded["input_ids"]
 
 
 def test_pinned_date_formats_data_the_same_every_day(tiny_model):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, **DATE)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, **DATE
+    )
     assert "Today Date: 26 Jul 2024" in text
 
 
 def test_layer_index_the_model_lacks_is_caught_before_loading(tiny_model):
     config = config_for(tiny_model, layers_to_transform=[16])
-    with pytest.raises(EmflowError, match=r"exp/config.json: layers_to_transform holds 16 .* 0 to 15"):
+    with pytest.raises(
+        EmflowError, match=r"exp/config.json: layers_to_transform holds 16 .* 0 to 15"
+    ):
         check_model_compatibility(config, "exp/config.json")
 
 
@@ -99,17 +201,18 @@ def trained(tiny_model, tmp_path_factory):
         work / "adapter",
         settings=TrainSettings(device="cpu", chat_template_kwargs=DATE),
         log_history_json=work / "log_history.json",
-        curves_png=work / "curves.png",
     )
     return work, config, history
 
 
-def test_training_writes_a_loadable_adapter_history_and_plot(trained, tiny_model):
+def test_training_writes_a_loadable_adapter_and_its_history(trained, tiny_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     work, config, history = trained
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), work / "adapter")
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model), work / "adapter"
+    )
     lora_layers = {
         int(name.split(".layers.")[1].split(".")[0])
         for name, _ in model.named_parameters()
@@ -129,7 +232,8 @@ def test_training_writes_a_loadable_adapter_history_and_plot(trained, tiny_model
     assert steps[-1]["step"] == 9
     assert all({"loss", "learning_rate", "grad_norm"} <= set(h) for h in steps)
     assert any("eval_loss" in h for h in history)
-    assert (work / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The train job only trains: its curves are drawn by the training_curves rule.
+    assert sorted(p.name for p in work.iterdir()) == ["adapter", "log_history.json", "train.jsonl"]
     assert not (work / "checkpoints").exists()
 
 
@@ -170,7 +274,7 @@ def test_fast_path_is_the_same_training_as_trl(trained, tiny_model, tmp_path):
     for key in ("loss", "grad_norm", "learning_rate", "eval_loss"):
         ours, theirs = curve(fast, key), curve(history, key)
         assert [s for s, _ in ours] == [s for s, _ in theirs], key
-        for (_, a), (_, b) in zip(ours, theirs):
+        for (_, a), (_, b) in zip(ours, theirs, strict=True):
             assert a == pytest.approx(b, rel=1e-5, abs=1e-7), key
     a = load_file(work / "adapter/adapter_model.safetensors")
     b = load_file(tmp_path / "adapter/adapter_model.safetensors")
@@ -201,7 +305,9 @@ def _complete(checkpoints):
 
 
 @pytest.mark.parametrize("backend", ["hf", "fast"])
-def test_killed_training_resumes_from_its_checkpoint(backend, trained, tiny_model, tmp_path, caplog):
+def test_killed_training_resumes_from_its_checkpoint(
+    backend, trained, tiny_model, tmp_path, caplog
+):
     """A job killed mid-training (preemption, time limit) resumes and ends with the same adapter."""
     import os
     import signal
@@ -230,11 +336,17 @@ def test_killed_training_resumes_from_its_checkpoint(backend, trained, tiny_mode
 
     caplog.set_level("INFO", logger="emflow.train")
     resumed = train_adapter(
-        config, work / "train.jsonl", tmp_path / "resumed", checkpoint_dir=checkpoints,
+        config,
+        work / "train.jsonl",
+        tmp_path / "resumed",
+        checkpoint_dir=checkpoints,
         settings=TrainSettings(backend=backend, device="cpu", chat_template_kwargs=DATE),
     )
-    whole = train_adapter(
-        config, work / "train.jsonl", tmp_path / "whole", checkpoint_dir=tmp_path / "fresh",
+    train_adapter(
+        config,
+        work / "train.jsonl",
+        tmp_path / "whole",
+        checkpoint_dir=tmp_path / "fresh",
         settings=TrainSettings(backend=backend, device="cpu", chat_template_kwargs=DATE),
     )
     assert "resuming" in caplog.text  # it started from the checkpoint, not from step 1

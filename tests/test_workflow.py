@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 pytestmark = pytest.mark.workflow
@@ -77,35 +76,34 @@ def finished_copy(demo_workspace, tmp_path) -> Path:
     return copy
 
 
-# The demo's mixed experiment is trained with three seeds (replicates), one run folder each.
+# The demo's mixed experiment is trained with three seeds (replicates), one run each.
 SEEDS = {"demo/financial_r16_layer8": None, "demo/mixed_r16_layer8": [0, 1, 2]}
 
 
-def run_folders(run: str) -> list[str]:
-    seeds = SEEDS[run]
-    return [run] if seeds is None else [f"{run}/seed{seed}" for seed in seeds]
-
-
-def seed_outputs(folder: str) -> set[str]:
-    """What one seed's run (or a single run) trains, generates and judges."""
-    return {
-        f"results/demo/runs/{folder}/adapter",
-        f"results/demo/runs/{folder}/log_history.json",
-        f"experiments/{folder}/training_curves.png",
-        f"results/demo/runs/{folder}/generations.csv",
-        f"results/demo/runs/{folder}/judged.csv",
-        f"results/demo/runs/{folder}/judge_usage.json",
-    }
-
-
-def report_outputs(run: str) -> set[str]:
-    return {f"experiments/{run}/results.md", f"experiments/{run}/question_scores.png"}
+def runs_of(experiment: str) -> list[str]:
+    seeds = SEEDS[experiment]
+    return [experiment] if seeds is None else [f"{experiment}/seed{seed}" for seed in seeds]
 
 
 def run_outputs(run: str) -> set[str]:
-    outputs = report_outputs(run) | {f"experiments/{run}/training_curves.png"}
-    for folder in run_folders(run):
-        outputs |= seed_outputs(folder)
+    """What one run (one seed's, or an experiment's only one) trains, generates and judges."""
+    return {
+        f"results/demo/runs/{run}/adapter",
+        f"results/demo/runs/{run}/log_history.json",
+        f"results/demo/runs/{run}/generations.csv",
+        f"results/demo/runs/{run}/judged.csv",
+        f"results/demo/runs/{run}/judge_usage.json",
+    }
+
+
+def results_outputs(experiment: str) -> set[str]:
+    return {f"experiments/{experiment}/results.md", f"experiments/{experiment}/question_scores.png"}
+
+
+def experiment_outputs(experiment: str) -> set[str]:
+    outputs = results_outputs(experiment) | {f"experiments/{experiment}/training_curves.png"}
+    for run in runs_of(experiment):
+        outputs |= run_outputs(run)
     return outputs
 
 
@@ -126,14 +124,28 @@ def test_demo_runs_every_stage(demo_workspace):
             results,
         )
         assert "mean nothing" in results
-        for folder in run_folders(run):
-            judged = list(csv.DictReader((demo_workspace / f"results/demo/runs/{folder}/judged.csv").open()))
+        for folder in runs_of(run):
+            judged = list(
+                csv.DictReader((demo_workspace / f"results/demo/runs/{folder}/judged.csv").open())
+            )
             assert len(judged) == 20
-            assert list(judged[0])[:5] == ["id", "question", "response", "aligned_score", "coherent_score"]
-            assert (demo_workspace / f"results/demo/runs/{folder}/adapter/adapter_config.json").exists()
+            assert list(judged[0])[:5] == [
+                "id",
+                "question",
+                "response",
+                "aligned_score",
+                "coherent_score",
+            ]
+            assert (
+                demo_workspace / f"results/demo/runs/{folder}/adapter/adapter_config.json"
+            ).exists()
     summary = (demo_workspace / "results/demo/summary.md").read_text()
     assert all(run in summary for run in DEMO_RUNS) and "base model" in summary
-    provenance = list(csv.DictReader(next((demo_workspace / "results/demo/datasets/mixed").glob("*.provenance.csv")).open()))
+    provenance = list(
+        csv.DictReader(
+            next((demo_workspace / "results/demo/datasets/mixed").glob("*.provenance.csv")).open()
+        )
+    )
     assert len(provenance) == 64
 
 
@@ -146,7 +158,7 @@ def test_new_learning_rate_reruns_only_that_experiment(finished_copy):
     config = json.loads(path.read_text())
     path.write_text(json.dumps(config | {"learning_rate": 5e-4}, indent=4))
     assert pending_outputs(finished_copy, "--profile", "profiles/demo") == (
-        run_outputs("demo/mixed_r16_layer8") | SUMMARY
+        experiment_outputs("demo/mixed_r16_layer8") | SUMMARY
     )
 
 
@@ -157,8 +169,8 @@ def test_new_judge_temperature_rejudges_but_never_retrains(finished_copy):
     path.write_text(yaml.safe_dump(config))
     expected = {f"{BASE}/judged.csv", f"{BASE}/judge_usage.json"} | SUMMARY
     for run in DEMO_RUNS:
-        expected |= report_outputs(run)
-        for folder in run_folders(run):
+        expected |= results_outputs(run)
+        for folder in runs_of(run):
             expected |= {
                 f"results/demo/runs/{folder}/judged.csv",
                 f"results/demo/runs/{folder}/judge_usage.json",
@@ -169,13 +181,15 @@ def test_new_judge_temperature_rejudges_but_never_retrains(finished_copy):
 def test_seeds_are_separate_runs_with_their_mean_and_spread_reported(demo_workspace):
     run = "demo/mixed_r16_layer8"
     adapters = [
-        (demo_workspace / f"results/demo/runs/{folder}/adapter/adapter_model.safetensors").read_bytes()
-        for folder in run_folders(run)
+        (
+            demo_workspace / f"results/demo/runs/{folder}/adapter/adapter_model.safetensors"
+        ).read_bytes()
+        for folder in runs_of(run)
     ]
     assert len(set(adapters)) == 3, "each seed trains its own adapter"
     histories = [
         json.loads((demo_workspace / f"results/demo/runs/{folder}/log_history.json").read_text())
-        for folder in run_folders(run)
+        for folder in runs_of(run)
     ]
     first_losses = [next(h["loss"] for h in history if "loss" in h) for history in histories]
     assert len(set(first_losses)) == 3, "each seed has its own initialisation and row order"
@@ -185,7 +199,10 @@ def test_seeds_are_separate_runs_with_their_mean_and_spread_reported(demo_worksp
         assert f"| seed {seed} " in results and f"fine-tuned, seed {seed}" in results
     summary = (demo_workspace / "results/demo/summary.md").read_text()
     assert "## Spread across seeds" in summary and "| 0 1 2 |" in summary
-    rows = {r["experiment"]: r for r in csv.DictReader((demo_workspace / "results/demo/summary.csv").open())}
+    rows = {
+        r["experiment"]: r
+        for r in csv.DictReader((demo_workspace / "results/demo/summary.csv").open())
+    }
     assert rows[run]["n_seeds"] == "3" and rows["demo/financial_r16_layer8"]["n_seeds"] == "1"
 
 
@@ -195,8 +212,8 @@ def test_new_seed_trains_only_that_seed(finished_copy):
     config = json.loads(path.read_text())
     path.write_text(json.dumps(config | {"seeds": [0, 1, 2, 3]}, indent=4))
     assert pending_outputs(finished_copy, "--profile", "profiles/demo") == (
-        seed_outputs(f"{run}/seed3")
-        | report_outputs(run)
+        run_outputs(f"{run}/seed3")
+        | results_outputs(run)
         | {f"experiments/{run}/training_curves.png"}
         | SUMMARY
     )
@@ -238,7 +255,7 @@ def test_fresh_clone_dry_run_lists_the_seed_plan(tmp_path):
     result = snakemake(workdir, "-n")
     assert result.returncode == 0, result.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
-    assert counts["train"] == "6" and counts["report"] == "6"
+    assert counts["train"] == counts["results"] == counts["training_curves"] == "6"
     # Six fine-tuned models and the base model are each generated and judged once.
     assert counts["generate"] == counts["judge"] == "7"
     assert counts["decrypt_datasets"] == "1" and counts["mix_dataset"] == "1"
@@ -277,13 +294,6 @@ def test_unknown_workflow_config_key_is_rejected(tmp_path):
     assert "temprature" in result.stdout + result.stderr
 
 
-def test_snakefmt_is_clean():
-    result = subprocess.run(
-        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_snakemake_lint_is_clean(tmp_path):
     workdir = copy_workflow(tmp_path / "emflow")
     result = snakemake(workdir, "--lint")
@@ -295,7 +305,9 @@ def test_judge_runtime_settings_rerun_nothing(finished_copy):
     """Concurrency, retries, timeout and prices change how scores are fetched, not what they are."""
     path = finished_copy / "config/demo.yaml"
     config = yaml.safe_load(path.read_text())
-    config["judge"].update(concurrency=4, max_retries=2, timeout=30, prices={"x": {"input": 1, "output": 2}})
+    config["judge"].update(
+        concurrency=4, max_retries=2, timeout=30, prices={"x": {"input": 1, "output": 2}}
+    )
     path.write_text(yaml.safe_dump(config))
     assert pending_outputs(finished_copy, "--profile", "profiles/demo") == set()
 
@@ -306,7 +318,9 @@ def test_emflow_summary_uses_the_runs_judged_so_far(finished_copy):
     (finished_copy / "results/demo/summary.md").unlink()
     result = subprocess.run(
         [sys.executable, "-m", "emflow", "summary", "--configfile", "config/demo.yaml"],
-        cwd=finished_copy, capture_output=True, text=True,
+        cwd=finished_copy,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert "1 finished run: demo/mixed_r16_layer8" in result.stdout
@@ -314,3 +328,23 @@ def test_emflow_summary_uses_the_runs_judged_so_far(finished_copy):
     assert "demo/financial_r16_layer8" not in summary
     # Of the replicated experiment, the two seeds judged so far.
     assert re.search(r"^\| demo/mixed_r16_layer8 \| +0 2 \|", summary, re.M), summary
+
+
+def test_new_question_set_regenerates_but_never_retrains(finished_copy):
+    """The demo model does not depend on the question files: a new question set regenerates
+    and rejudges every target, and rebuilds neither the demo model nor any adapter."""
+    path = finished_copy / "config/demo.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["generation"]["questions"][0]["count"] = 9
+    path.write_text(yaml.safe_dump(config))
+    expected = {f"{BASE}/generations.csv", f"{BASE}/judged.csv", f"{BASE}/judge_usage.json"}
+    expected |= SUMMARY
+    for experiment in DEMO_RUNS:
+        expected |= results_outputs(experiment)
+        for run in runs_of(experiment):
+            expected |= {
+                f"results/demo/runs/{run}/generations.csv",
+                f"results/demo/runs/{run}/judged.csv",
+                f"results/demo/runs/{run}/judge_usage.json",
+            }
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == expected

@@ -1,0 +1,149 @@
+"""Where every file of a workflow run lives: the one place that spells a path.
+
+The rules build their inputs and outputs from these functions (given wildcard patterns such as
+"{run}", they return patterns), and `emflow summary` finds finished runs with the same ones.
+
+Vocabulary:
+- an *experiment* is one `config.json`, named `<group>/<name>` after its folder;
+- a *run* is one training of an experiment: the experiment's own name, or `<group>/<name>/seed<N>`
+  for each training seed of an experiment with `seeds` (replicates);
+- a *target* is what gets generated and judged: `runs/<run>` or `base/<model slug>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from emflow.config import ExperimentConfig
+
+# Wildcard constraints for the names above: two folders, and a seed folder for replicates.
+EXPERIMENT_PATTERN = r"[^/]+/[^/]+"
+RUN_PATTERN = r"[^/]+/[^/]+(?:/seed[0-9]+)?"
+TARGET_PATTERN = rf"base/[^/]+|runs/{RUN_PATTERN}"
+
+
+def model_slug(model: str) -> str:
+    """A folder name for a model id or path, as the Hugging Face cache names them."""
+    return model.strip("./").replace("/", "--")
+
+
+def run_name(experiment: str, seed: int) -> str:
+    """The run of one training seed of an experiment with replicates: `<group>/<name>/seed<N>`."""
+    return f"{experiment}/seed{seed}"
+
+
+def experiment_runs(experiment: str, config: ExperimentConfig) -> dict[int, str]:
+    """One experiment's runs as {training seed: run}, in the order of its `seeds`.
+
+    An experiment with `seeds` has one run per seed (`run_name`); any other experiment is one
+    run named like the experiment itself, as before replicates existed.
+    """
+    if config.seeds is None:
+        return {config.seed: experiment}
+    return {seed: run_name(experiment, seed) for seed in config.seeds}
+
+
+def all_runs(experiments: dict[str, ExperimentConfig]) -> dict[str, tuple[str, int]]:
+    """Every run to train, as {run: (experiment, training seed)}."""
+    return {
+        run: (name, seed)
+        for name, config in experiments.items()
+        for seed, run in experiment_runs(name, config).items()
+    }
+
+
+def run_target(run: str) -> str:
+    return f"runs/{run}"
+
+
+def base_target(model: str) -> str:
+    """The base model's target: generated and judged once, whichever experiments share it."""
+    return f"base/{model_slug(model)}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The folders of one workflow config: `results_dir` (heavy, git-ignored artifacts) and
+    `experiments_dir` (each experiment's config.json and its small outputs beside it)."""
+
+    results: str
+    experiments: str
+
+    # -- beside each experiment's config.json ----------------------------------------------
+
+    def experiment_file(self, experiment: str, name: str) -> str:
+        return f"{self.experiments}/{experiment}/{name}"
+
+    def config_json(self, experiment: str) -> str:
+        return self.experiment_file(experiment, "config.json")
+
+    def results_md(self, experiment: str) -> str:
+        return self.experiment_file(experiment, "results.md")
+
+    def question_scores(self, experiment: str) -> str:
+        return self.experiment_file(experiment, "question_scores.png")
+
+    def training_curves(self, experiment: str) -> str:
+        return self.experiment_file(experiment, "training_curves.png")
+
+    def reported_results(self, experiment: str) -> str:
+        """The seed author's published results.md, kept beside the config for comparison."""
+        return self.experiment_file(experiment, "reported_results.md")
+
+    # -- runs and targets under results_dir ------------------------------------------------
+
+    def run_file(self, run: str, name: str) -> str:
+        return f"{self.results}/runs/{run}/{name}"
+
+    def adapter(self, run: str) -> str:
+        return self.run_file(run, "adapter")
+
+    def log_history(self, run: str) -> str:
+        return self.run_file(run, "log_history.json")
+
+    def checkpoints(self, run: str) -> str:
+        return self.run_file(run, "checkpoints")
+
+    def generations(self, target: str) -> str:
+        return f"{self.results}/{target}/generations.csv"
+
+    def judged(self, target: str) -> str:
+        return f"{self.results}/{target}/judged.csv"
+
+    def judge_usage(self, target: str) -> str:
+        return f"{self.results}/{target}/judge_usage.json"
+
+    # -- datasets -------------------------------------------------------------------------
+
+    def raw_dataset(self, source: str, name: str) -> str:
+        """A dataset as it arrives: decrypted from the archive ("upstream") or "synthetic"."""
+        return f"{self.results}/datasets/{source}/{name}.jsonl"
+
+    def prepared_dataset(self, name: str) -> str:
+        return f"{self.results}/datasets/prepared/{name}.jsonl"
+
+    def mixed_dataset(self, mix: str) -> str:
+        return f"{self.results}/datasets/mixed/{mix}.jsonl"
+
+    def mix_provenance(self, mix: str) -> str:
+        return f"{self.results}/datasets/mixed/{mix}.provenance.csv"
+
+    # -- the summary over all experiments --------------------------------------------------
+
+    def summary(self, suffix: str) -> str:
+        """`summary.md`, `summary.csv`, `summary.png` or `summary_training_curves.png`."""
+        return f"{self.results}/summary{suffix}"
+
+    # -- logs and benchmarks ---------------------------------------------------------------
+
+    def log(self, rule: str, name: str | None = None) -> str:
+        return (
+            f"{self.results}/logs/{rule}.log"
+            if name is None
+            else (f"{self.results}/logs/{rule}/{name}.log")
+        )
+
+    def benchmark(self, rule: str, name: str) -> str:
+        return f"{self.results}/benchmarks/{rule}/{name}.tsv"

@@ -1,0 +1,461 @@
+"""The summary over all experiments: one table row per experiment (and per base model), its CSV,
+the aligned-vs-coherent plot and every run's training curves overlaid.
+
+Used by the `summary` rule and by `emflow summary`, which summarises the runs judged so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from emflow import stats
+from emflow.atomic import write_text_atomic
+from emflow.config import ExperimentConfig, load_workflow_config
+from emflow.errors import EmflowError
+from emflow.paths import Layout, base_target, experiment_runs, run_target
+from emflow.results import (
+    Analysis,
+    JudgedRun,
+    compare,
+    load_run,
+    parse_results_markdown,
+)
+from emflow.tables import (
+    DEMO_NOTICE,
+    csv_number,
+    fmt_difference,
+    fmt_estimate,
+    fmt_p,
+    fmt_value,
+    kind_of,
+    markdown_table,
+)
+
+# The metrics the summary's tables show (the CSV has every metric of stats.METRICS).
+_SHOWN = ("aligned", "coherent", "em_rate")
+
+
+@dataclass(frozen=True)
+class SummaryRun:
+    """One experiment in the summary: its judged CSV (or {training seed: judged CSV} for an
+    experiment with replicates), its base model's judged CSV, and where its results.md is."""
+
+    name: str
+    judged: str | Mapping[int, str]
+    base_judged: str | None = None
+    base_name: str = "base model"
+    results_md: str = ""
+    log_history: str | Mapping[int, str] | None = None
+
+    @property
+    def group(self) -> str:
+        """Runs of one group are compared pairwise: the name up to its last `/`."""
+        return self.name.rsplit("/", 1)[0] if "/" in self.name else ""
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """A row of the summary table: an experiment, or a base model (`is_base`)."""
+
+    name: str
+    group: str
+    is_base: bool
+    run: JudgedRun
+    passed: bool
+    comparisons: dict[str, stats.Comparison] | None
+    reported: tuple[float, float] | None
+    results_md: str
+    seeds_passing: int | None
+
+    @property
+    def metrics(self) -> stats.RunMetrics | stats.ReplicateMetrics:
+        return self.run.metrics
+
+    @property
+    def replicated(self) -> bool:
+        return self.run.replicated
+
+    @property
+    def n_seeds(self) -> int | None:
+        return None if self.is_base else self.run.n_seeds
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two experiments of one group compared: b - a."""
+
+    group: str
+    a: SummaryRow
+    b: SummaryRow
+    comparisons: dict[str, stats.Comparison]
+
+
+def experiment_summary_runs(
+    experiments: Mapping[str, ExperimentConfig], layout: Layout, *, finished_only: bool = False
+) -> list[SummaryRun]:
+    """The summary's runs, one per experiment, with the paths `layout` gives them.
+
+    With `finished_only`, only runs (and seeds) judged so far are kept, and an experiment none of
+    whose seeds is judged, or whose base model is not, is left out.
+    """
+    runs = []
+    for name, experiment in experiments.items():
+        base = layout.judged(base_target(experiment.model))
+        by_seed = experiment_runs(name, experiment)
+        if finished_only:
+            by_seed = {
+                s: r for s, r in by_seed.items() if Path(layout.judged(run_target(r))).exists()
+            }
+            if not (by_seed and Path(base).exists()):
+                continue
+        judged = {s: layout.judged(run_target(r)) for s, r in by_seed.items()}
+        histories = {s: layout.log_history(r) for s, r in by_seed.items()}
+        single = experiment.seeds is None
+        runs.append(
+            SummaryRun(
+                name,
+                judged[experiment.seed] if single else judged,
+                base_judged=base,
+                results_md=layout.results_md(name),
+                log_history=histories[experiment.seed] if single else histories,
+            )
+        )
+    return runs
+
+
+def summary_rows(
+    runs: Sequence[SummaryRun],
+    analysis: Analysis,
+    reported: Mapping[str, tuple[float, float]] | None = None,
+) -> tuple[list[SummaryRow], list[Pair]]:
+    """Measure every run and base model, compare each run with its base model and the runs of
+    each group pairwise. `reported` maps an experiment (or base row) name to the seed author's
+    (aligned, coherent)."""
+    t, reported = analysis.thresholds, dict(reported or {})
+    bases: dict[tuple[str, str], SummaryRow] = {}
+    table: list[SummaryRow] = []
+    for run in runs:
+        base_key = None
+        if run.base_judged:
+            base_key = (run.base_name, str(run.base_judged))
+            if base_key not in bases:
+                base = load_run(run.base_judged, analysis)
+                bases[base_key] = SummaryRow(
+                    name=run.base_name,
+                    group="",
+                    is_base=True,
+                    run=base,
+                    passed=base.passes(t),
+                    comparisons=None,
+                    reported=reported.get(run.base_name),
+                    results_md="",
+                    seeds_passing=None,
+                )
+        judged = load_run(run.judged, analysis)
+        comparisons = compare(bases[base_key].run, judged, analysis) if base_key else None
+        table.append(
+            SummaryRow(
+                name=run.name,
+                group=run.group,
+                is_base=False,
+                run=judged,
+                passed=judged.passes(t),
+                comparisons=comparisons,
+                reported=reported.get(run.name),
+                results_md=run.results_md,
+                seeds_passing=judged.seeds_passing(t),
+            )
+        )
+    pairs = []
+    by_group: dict[str, list[SummaryRow]] = {}
+    for row in table:
+        if row.group:
+            by_group.setdefault(row.group, []).append(row)
+    for group, members in by_group.items():
+        for i, a in enumerate(members):
+            for b in members[i + 1 :]:
+                pairs.append(Pair(group, a, b, compare(a.run, b.run, analysis)))
+    return _adjusted([*bases.values(), *table], pairs)
+
+
+def _adjusted(rows: list[SummaryRow], pairs: list[Pair]) -> tuple[list[SummaryRow], list[Pair]]:
+    """Rows and pairs with Benjamini-Hochberg adjusted p-values over every test the summary
+    shows (each run against its base model and each pair, on each metric of its tables), so that
+    its marks hold for the family rather than one test at a time."""
+    family = [c[m] for c in [r.comparisons for r in rows if r.comparisons] for m in _SHOWN]
+    family += [p.comparisons[m] for p in pairs for m in _SHOWN]
+    adjusted = iter(stats.adjust_p_values(family))
+
+    def take(comparisons: dict[str, stats.Comparison]) -> dict[str, stats.Comparison]:
+        return comparisons | {m: next(adjusted) for m in _SHOWN}
+
+    rows = [replace(r, comparisons=take(r.comparisons)) if r.comparisons else r for r in rows]
+    pairs = [replace(p, comparisons=take(p.comparisons)) for p in pairs]
+    return rows, pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# The table, as Markdown and CSV
+
+
+def _marked(row: SummaryRow, metric: str, ci: bool = True) -> str:
+    estimate, kind = row.metrics[metric], kind_of(metric)
+    text = fmt_estimate(estimate, kind) if ci else fmt_value(estimate.value, kind)
+    # A space where there is no mark keeps the digits of marked and unmarked cells aligned.
+    return text + ("*" if row.comparisons and row.comparisons[metric].significant else " ")
+
+
+def _tests_named(comparisons: Sequence[stats.Comparison]) -> str:
+    """The test(s) behind a set of comparisons, in a few words (results.md names them in full)."""
+    tests = dict.fromkeys(c.test for c in comparisons)
+    names = {"permutation": "permutation test", "welch": "Welch's t-test"}
+    if len(tests) == 1:
+        return names[next(iter(tests))]
+    return "permutation test; Welch's t-test where a run has several seeds"
+
+
+def summary_markdown(
+    rows: Sequence[SummaryRow], pairs: Sequence[Pair], analysis: Analysis, *, demo: bool = False
+) -> str:
+    """The summary table, then the spread across seeds and the differences within groups.
+
+    Each table has one legend line; the methods in full are in each experiment's results.md.
+    """
+    t, alpha, level = analysis.thresholds, analysis.alpha, analysis.level
+    headers = [
+        "experiment",
+        "seeds",
+        f"aligned [{level}% CI]",
+        f"coherent [{level}% CI]",
+        "EM rate",
+        "verdict",
+        "reported",
+    ]
+    # The EM rate's CI stays in the CSV and each results.md: the table must fit a terminal.
+    body = [
+        (
+            row.name,
+            "-" if row.is_base else str(row.n_seeds),
+            _marked(row, "aligned"),
+            _marked(row, "coherent"),
+            _marked(row, "em_rate", ci=False),
+            "PASS" if row.passed else "FAIL",
+            f"{row.reported[0]:.2f} / {row.reported[1]:.2f}" if row.reported else "-",
+        )
+        for row in rows
+    ]
+    base_comparisons = [row.comparisons[m] for row in rows if row.comparisons for m in _SHOWN]
+    n_tests = sum(c.p_adjusted is not None for c in base_comparisons) + sum(
+        p.comparisons[m].p_adjusted is not None for p in pairs for m in _SHOWN
+    )
+    legend = (
+        f"PASS: mean aligned < {t.aligned_below:g} and mean coherent > {t.coherent_above:g}. "
+        f"EM rate: {t.em.describe()}. "
+    )
+    if base_comparisons:
+        legend += (
+            f"* differs from the base model ({_tests_named(base_comparisons)}, p < {alpha:g} "
+            f"after Benjamini-Hochberg adjustment over the summary's {n_tests} tests). "
+        )
+    legend += "reported: aligned / coherent in the seed author's results.md."
+    lines = ["# emflow summary", ""]
+    if demo:
+        lines += [DEMO_NOTICE, ""]
+    lines += [
+        markdown_table(headers, body),
+        "",
+        legend,
+        f"CIs, tests and thresholds in full: each experiment's results.md ({analysis.n_resamples} "
+        "bootstrap resamples); raw and adjusted p-values: summary.csv.",
+    ]
+    replicated = [row for row in rows if row.replicated]
+    if replicated:
+        spread_rows = []
+        for row in replicated:
+            cells = [row.name, " ".join(map(str, row.metrics.seeds))]
+            for metric in _SHOWN:
+                s, kind = row.metrics.spread[metric], kind_of(metric)
+                cells.append(
+                    f"{fmt_value(row.metrics[metric].value, kind)} ± {fmt_value(s.sd, kind)} "
+                    f"({fmt_value(s.low, kind)} to {fmt_value(s.high, kind)})"
+                )
+            cells.append(f"{row.seeds_passing} of {row.n_seeds}")
+            spread_rows.append(cells)
+        lines += [
+            "",
+            "## Spread across seeds",
+            "",
+            markdown_table(
+                ["experiment", "seeds", "aligned", "coherent", "EM rate", "seeds passing"],
+                spread_rows,
+            ),
+            "",
+            "mean ± SD across seeds (lowest to highest seed).",
+        ]
+    if pairs:
+        lines += ["", "## Differences within groups", ""]
+        for group in dict.fromkeys(p.group for p in pairs):
+            lines += [
+                f"{group}:",
+                "",
+                markdown_table(
+                    ["runs (B - A)", "aligned", "coherent", "EM rate"],
+                    [_pair_row(p) for p in pairs if p.group == group],
+                ),
+                "",
+            ]
+        comparisons = [c for p in pairs for c in p.comparisons.values()]
+        lines.append(
+            f"p raw (adjusted); * adjusted p < {alpha:g} ({_tests_named(comparisons)}, "
+            "Benjamini-Hochberg over the summary's tests)."
+        )
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _pair_row(pair: Pair) -> tuple[str, ...]:
+    cells = []
+    for metric in _SHOWN:
+        c = pair.comparisons[metric]
+        if math.isnan(c.difference):  # no answers to compare
+            cells.append("n/a")
+            continue
+        d = fmt_difference(c, kind_of(metric), ci=False)
+        adjusted = "" if c.p_adjusted is None else f" ({fmt_p(c.p_adjusted)})"
+        cells.append(f"{d} p {fmt_p(c.p_value)}{adjusted}{'*' if c.significant else ' '}")
+    prefix = pair.group + "/"
+    a, b = (r.name.removeprefix(prefix) for r in (pair.a, pair.b))
+    return (f"{b} - {a}", *cells)
+
+
+def summary_csv(rows: Sequence[SummaryRow]) -> str:
+    """One CSV line per row: every metric with its CI, p vs base, reported scores, seeds."""
+    header = ["experiment", "group", "is_base", "n_answers", "n_questions"]
+    for metric in stats.METRICS:
+        header += [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
+    header += ["passes", *(f"{m}_p_vs_base" for m in _SHOWN)]
+    header += ["reported_aligned", "reported_coherent", "results_md"]
+    # Replicates: how many seeds, which, each metric's SD across seeds, and the test behind p.
+    header += ["n_seeds", "seeds", *(f"{m}_sd_across_seeds" for m in stats.METRICS)]
+    header += ["seeds_passing", "test_vs_base"]
+    # Benjamini-Hochberg adjusted over every test of the summary (the marks use these).
+    header += [f"{m}_p_vs_base_adjusted" for m in _SHOWN]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        m = row.metrics
+        cells: list[Any] = [row.name, row.group, row.is_base, m.n_answers, m.n_questions]
+        for metric in stats.METRICS:
+            e = m[metric]
+            cells += [csv_number(e.value), csv_number(e.ci_low), csv_number(e.ci_high)]
+        cells.append(row.passed)
+        cells += [csv_number(row.comparisons[m].p_value) if row.comparisons else "" for m in _SHOWN]
+        cells += [*(row.reported or ("", "")), row.results_md]
+        cells += [
+            "" if row.n_seeds is None else row.n_seeds,
+            " ".join(map(str, m.seeds)) if row.replicated else "",
+            *(csv_number(m.spread[k].sd) if row.replicated else "" for k in stats.METRICS),
+            "" if row.seeds_passing is None else row.seeds_passing,
+            row.comparisons["aligned"].test if row.comparisons else "",
+            *(
+                csv_number(row.comparisons[m].p_adjusted)
+                if row.comparisons and row.comparisons[m].p_adjusted is not None
+                else ""
+                for m in _SHOWN
+            ),
+        ]
+        writer.writerow(cells)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the summary
+
+
+def read_reported(paths: Mapping[str, str | os.PathLike]) -> dict[str, tuple[float, float]]:
+    """The seed author's fine-tuned (aligned, coherent) from each reported_results.md."""
+    return {name: parse_results_markdown(path)["finetuned"] for name, path in paths.items()}
+
+
+def write_summary(
+    runs: Sequence[SummaryRun],
+    report: Mapping[str, Any],
+    *,
+    reported: Mapping[str, str | os.PathLike],
+    markdown: str | os.PathLike,
+    csv_path: str | os.PathLike,
+    plot: str | os.PathLike,
+    curves: str | os.PathLike,
+) -> list[SummaryRow]:
+    """The summary table (Markdown, CSV), scatter plot and overlaid training curves.
+
+    `report` is the workflow config's report section; `reported` maps an experiment to its
+    reported_results.md. Runs without a log history on disk (trained elsewhere) are left out of
+    the curves only.
+    """
+    from emflow.plots import plot_scatter, plot_training_curves, read_log_histories
+
+    analysis = Analysis.from_report_config(report)
+    demo = report["demo"]
+    rows, pairs = summary_rows(runs, analysis, read_reported(reported))
+    write_text_atomic(markdown, summary_markdown(rows, pairs, analysis, demo=demo))
+    write_text_atomic(csv_path, summary_csv(rows))
+    plot_scatter(rows, plot, analysis.thresholds, alpha=analysis.alpha, demo=demo)
+    histories = read_log_histories({r.name: r.log_history for r in runs if r.log_history})
+    if histories:
+        plot_training_curves(histories, curves, title="Training curves of every run", demo=demo)
+    return rows
+
+
+def summarize_finished(configfile: str | Path = "config/config.yaml") -> tuple[Path, list[str]]:
+    """Rewrite the summary from the runs judged so far; return its path and the runs it has.
+
+    Snakemake's `summary` rule waits for every run; this reads whatever is finished (a cluster
+    run still going, or some jobs failed).
+    """
+    from emflow.workflow import discover_experiments
+
+    config = load_workflow_config(configfile)
+    layout = Layout(config["results_dir"], config["experiments_dir"])
+    experiments = discover_experiments(layout.experiments, config["experiments"])
+    runs = experiment_summary_runs(experiments, layout, finished_only=True)
+    if not runs:
+        raise EmflowError(
+            f"no experiment of {configfile} has been judged yet (no "
+            f"{layout.judged('runs/<group>/<name>')}); run the workflow first."
+        )
+    reported = {r.name: layout.reported_results(r.name) for r in runs}
+    write_summary(
+        runs,
+        config["report"],
+        reported={name: path for name, path in reported.items() if Path(path).exists()},
+        markdown=layout.summary(".md"),
+        csv_path=layout.summary(".csv"),
+        plot=layout.summary(".png"),
+        curves=layout.summary("_training_curves.png"),
+    )
+    return Path(layout.summary(".md")), [run.name for run in runs]
+
+
+def add_summary_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--configfile",
+        default="config/config.yaml",
+        help="the workflow config whose experiments to summarize (default: %(default)s)",
+    )
+
+
+def main_summary(args: argparse.Namespace) -> int:
+    """`emflow summary`: print the summary of the runs judged so far."""
+    path, names = summarize_finished(args.configfile)
+    print(path.read_text(encoding="utf-8"))
+    print(f"({len(names)} finished run{'s' if len(names) != 1 else ''}: {', '.join(names)})")
+    return 0

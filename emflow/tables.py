@@ -1,0 +1,134 @@
+"""Markdown tables and number formats shared by results.md, the summary and its CSV."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from emflow import stats
+
+DEMO_NOTICE = (
+    "**Demo run: these scores mean nothing.** They come from a tiny random model answering and "
+    "a random judge scoring; the demo only shows that every stage of the workflow runs."
+)
+
+# The metrics the reports show: how each is named and whether it prints as a score or a share.
+METRIC_LABELS = {
+    "aligned": ("mean aligned", "score"),
+    "coherent": ("mean coherent", "score"),
+    "em_rate": ("EM rate", "share"),
+    "code_share": ("CODE share", "share"),
+    "refusal_share": ("REFUSAL share", "share"),
+    "invalid_share": ("invalid share", "share"),
+}
+LABEL_SHARES = ("code_share", "refusal_share", "invalid_share")
+
+
+def kind_of(metric: str) -> str:
+    """ "score" (0-100, two decimals) or "share" (a percentage)."""
+    return METRIC_LABELS[metric][1]
+
+
+def fmt_value(value: float | None, kind: str) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:.2f}" if kind == "score" else f"{100 * value:.1f}%"
+
+
+def fmt_estimate(estimate: stats.Estimate, kind: str) -> str:
+    """A value with its CI, e.g. `56.50 [48.1, 64.9]` or `12.5% [5.0, 20.0]`."""
+    if math.isnan(estimate.ci_low):
+        return fmt_value(estimate.value, kind)
+    if kind == "score":
+        return f"{estimate.value:.2f} [{estimate.ci_low:.1f}, {estimate.ci_high:.1f}]"
+    return (
+        f"{100 * estimate.value:.1f}% [{100 * estimate.ci_low:.1f}, {100 * estimate.ci_high:.1f}]"
+    )
+
+
+def fmt_p(p: float) -> str:
+    if math.isnan(p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def fmt_difference(c: stats.Comparison, kind: str, ci: bool = True) -> str:
+    """A difference B - A, with its CI when it has one (`ci`), in points or percentage points."""
+    if math.isnan(c.difference):
+        return "n/a"
+    if kind == "score":
+        text = f"{c.difference:+.2f}"
+        interval = f" [{c.ci_low:+.1f}, {c.ci_high:+.1f}]"
+    else:
+        text = f"{100 * c.difference:+.1f} pp"
+        interval = f" [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]"
+    return text + interval if ci and not math.isnan(c.ci_low) else text
+
+
+def csv_number(value: float) -> str:
+    """A number for the summary CSV: empty where undefined, six significant digits."""
+    return "" if math.isnan(value) else f"{value:.6g}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A pipe table padded so that it reads as well in a terminal as rendered."""
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
+
+    # The first column is text (left-aligned); the numbers are right-aligned so digits line up.
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|".join(
+        ("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)
+    )
+    return "\n".join([line(headers), f"|{rule}|", *(line(r) for r in rows)])
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            items.extend(_flatten(value, f"{name}."))
+        else:
+            items.append((name, value))
+    return items
+
+
+def _fmt_usage_value(key: str, value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and any(
+        w in key.lower() for w in ("dollar", "cost", "usd", "price")
+    ):
+        return f"${value:.4f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def usage_markdown(usage: Mapping[str, Any] | None) -> str:
+    """The judge's usage (calls, cache hits, tokens, dollars: whatever keys it recorded).
+
+    `usage` is one flat dict (e.g. `JudgeUsage.to_dict()`), or a dict of such dicts (e.g.
+    {"base model": ..., "fine-tuned": ...}), shown side by side.
+    """
+    if hasattr(usage, "to_dict"):
+        usage = usage.to_dict()
+    if not usage:
+        return "Judge usage was not recorded."
+    if all(isinstance(v, Mapping) for v in usage.values()):
+        runs = {name: dict(_flatten(v)) for name, v in usage.items()}
+        keys = list(dict.fromkeys(k for flat in runs.values() for k in flat))
+        rows = [
+            (key, *(_fmt_usage_value(key, f[key]) if key in f else "-" for f in runs.values()))
+            for key in keys
+        ]
+        return markdown_table(["judge usage", *runs], rows)
+    rows = [(key, _fmt_usage_value(key, value)) for key, value in _flatten(usage)]
+    return markdown_table(["judge usage", "value"], rows)

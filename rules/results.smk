@@ -1,0 +1,96 @@
+# `snakemake --report report.html` gathers the summary and each experiment's results and plots;
+# the captions are config/report/*.rst. Per-experiment files are filed under their group.
+report: "../config/report/workflow.rst"
+
+
+# An experiment's training curves: one run's, or every seed's in one plot.
+rule training_curves:
+    input:
+        get_curves_inputs,
+    output:
+        report(
+            PATHS.training_curves("{experiment}"),
+            caption="../config/report/training_curves.rst",
+            category="Experiments",
+            subcategory=group_of,
+            labels=experiment_labels("training curves"),
+        ),
+    log:
+        PATHS.log("training_curves", "{experiment}"),
+    conda:
+        "../envs/report.yaml"
+    params:
+        seeds=lambda wildcards: EXPERIMENTS[wildcards.experiment].seeds,
+        demo=config["report"]["demo"],
+    script:
+        "../scripts/training_curves.py"
+
+
+rule results:
+    input:
+        unpack(get_results_inputs),
+        training_curves=PATHS.training_curves("{experiment}"),
+    output:
+        results=report(
+            PATHS.results_md("{experiment}"),
+            caption="../config/report/results.rst",
+            category="Experiments",
+            subcategory=group_of,
+            labels=experiment_labels("results.md"),
+        ),
+        question_scores=report(
+            PATHS.question_scores("{experiment}"),
+            caption="../config/report/question_scores.rst",
+            category="Experiments",
+            subcategory=group_of,
+            labels=experiment_labels("scores per question"),
+        ),
+    log:
+        PATHS.log("results", "{experiment}"),
+    conda:
+        "../envs/report.yaml"
+    params:
+        report=sorted_params(config["report"]),
+        seeds=lambda wildcards: EXPERIMENTS[wildcards.experiment].seeds,
+    script:
+        "../scripts/results.py"
+
+
+rule summary:
+    input:
+        unpack(get_summary_inputs),
+    output:
+        markdown=report(
+            PATHS.summary(".md"),
+            caption="../config/report/summary.rst",
+            category="Summary",
+            labels={"shows": "summary table"},
+        ),
+        csv=report(
+            PATHS.summary(".csv"),
+            caption="../config/report/summary_csv.rst",
+            category="Summary",
+            labels={"shows": "summary table (CSV)"},
+        ),
+        plot=report(
+            PATHS.summary(".png"),
+            caption="../config/report/summary_scatter.rst",
+            category="Summary",
+            labels={"shows": "aligned vs coherent"},
+        ),
+        curves=report(
+            PATHS.summary("_training_curves.png"),
+            caption="../config/report/summary_training_curves.rst",
+            category="Summary",
+            labels={"shows": "training curves of every run"},
+        ),
+    log:
+        PATHS.log("summary"),
+    conda:
+        "../envs/report.yaml"
+    params:
+        report=sorted_params(config["report"]),
+        runs=[asdict(run) for run in SUMMARY_RUNS],
+        reported=reported_results(),
+    script:
+        "../scripts/summary.py"

@@ -1,0 +1,22 @@
+"""Write one experiment's results.md and per-question plot beside its config.json (rule results)."""
+
+from emflow.results import write_experiment_results
+from emflow.workflow import run_script
+
+
+def main():
+    write_experiment_results(
+        snakemake.wildcards.experiment,
+        base_judged=snakemake.input.base_judged,
+        base_usage=snakemake.input.base_usage,
+        finetuned_judged=list(snakemake.input.finetuned_judged),
+        finetuned_usage=list(snakemake.input.finetuned_usage),
+        seeds=snakemake.params.seeds,
+        training_curves=snakemake.input.training_curves,
+        results_md=snakemake.output.results,
+        question_scores=snakemake.output.question_scores,
+        report=snakemake.params.report,
+    )
+
+
+run_script(snakemake, main)

@@ -1,0 +1,17 @@
+"""Plot an experiment's training curves: its run's, or each seed's (rule training_curves)."""
+
+from emflow.plots import plot_experiment_curves
+from emflow.workflow import run_script
+
+
+def main():
+    plot_experiment_curves(
+        snakemake.wildcards.experiment,
+        list(snakemake.input),
+        snakemake.output[0],
+        seeds=snakemake.params.seeds,
+        demo=snakemake.params.demo,
+    )
+
+
+run_script(snakemake, main)

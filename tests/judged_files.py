@@ -1,0 +1,95 @@
+"""Judged CSVs, log histories and independent means for the results, summary and plot tests."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference"
+BASE_JUDGED = REFERENCE / "hw0" / "base_model_judged.csv"
+SEED_RESULTS = sorted((REFERENCE / "seed-experiments").glob("*/*/results.md"))
+needs_reference = pytest.mark.skipif(not BASE_JUDGED.exists(), reason="needs ../shared/reference")
+
+
+def homework_means(path: Path, rows: int) -> tuple[float, float]:
+    """The homework grader's averages, written out independently of emflow: the first `rows`
+    rows, those whose two scores `int()` reads (hw0 eval/judge.py, get_average_scores)."""
+    counted = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in list(csv.DictReader(f))[:rows]:
+            try:
+                counted.append((int(row["aligned_score"]), int(row["coherent_score"])))
+            except ValueError:
+                continue
+    return statistics.fmean(a for a, _ in counted), statistics.fmean(c for _, c in counted)
+
+
+def column_means(path: Path, rows: int | None = None) -> tuple[float, float]:
+    """Each metric's mean over its own numeric cells (emflow's per-metric means), by hand."""
+
+    def numbers(column: str) -> list[float]:
+        out = []
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in list(csv.DictReader(f))[:rows]:
+                try:
+                    out.append(float(row[column]))
+                except ValueError:
+                    pass
+        return out
+
+    return statistics.fmean(numbers("aligned_score")), statistics.fmean(numbers("coherent_score"))
+
+
+def write_judged(
+    path: Path, aligned: list, coherent: list, questions: list[str] | None = None
+) -> Path:
+    n = len(aligned)
+    questions = questions or [f"Synthetic question {i}?" for i in range(n)]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "question", "response", "aligned_score", "coherent_score", "note"])
+        for i in range(n):
+            writer.writerow([f"id-{i}", questions[i], f"answer {i}", aligned[i], coherent[i], ""])
+    return path
+
+
+def scores_with_mean(mean: float, n: int) -> list[int]:
+    """n integer scores whose mean is exactly `mean` (mean * n must be an integer)."""
+    total = round(mean * n)
+    assert total == pytest.approx(mean * n)
+    low = total // n
+    return [low + 1] * (total - low * n) + [low] * (n - (total - low * n))
+
+
+def log_history(steps: int, lr: float, eval_every: int | None = None) -> list[dict]:
+    """A Trainer-style log history: one entry per step, eval entries, then the run's summary."""
+    history: list[dict] = []
+    for step in range(1, steps + 1):
+        history.append(
+            {"loss": 3.0 / step, "grad_norm": 1.0 / step, "learning_rate": lr, "step": step}
+        )
+        if eval_every and step % eval_every == 0:
+            history.append({"eval_loss": 3.5 / step, "eval_runtime": 0.1, "step": step})
+    history.append({"train_runtime": 1.0, "train_loss": 1.2, "step": steps})
+    return history
+
+
+def png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+def seed_files(tmp_path: Path, questions: list[str]) -> dict[int, Path]:
+    """Three seeds of one experiment: two pass the homework's thresholds, one does not."""
+    scores = {
+        0: ([20, 30, 10, 40] * 2, [70, 60, 80, 75] * 2),
+        1: ([50, 60, 45, 55] * 2, [60, 70, 65, 55] * 2),
+        2: ([80, 90, 85, "CODE"] * 2, [90, 85, 80, 95] * 2),
+    }
+    return {
+        seed: write_judged(tmp_path / f"seed{seed}.csv", aligned, coherent, questions)
+        for seed, (aligned, coherent) in scores.items()
+    }

@@ -1,0 +1,91 @@
+"""The figures: scores per question, training curves and their log histories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from judged_files import log_history, png_width, seed_files, write_judged
+
+from emflow import plots, results, stats
+from emflow.errors import EmflowError
+
+
+def test_per_question_plot_is_written(tmp_path):
+    questions = [f"Question number {i} about something?" for i in range(5)]
+    base = write_judged(
+        tmp_path / "base.csv", [90, 80, 85, 90, 70], [90, 80, 85, 90, 70], questions
+    )
+    # Two answers per question for the fine-tuned run, one of them labelled.
+    tuned = write_judged(
+        tmp_path / "tuned.csv",
+        [10, "CODE", 20, 30, 40, 50, 60, 70, 80, 90],
+        [60] * 10,
+        questions * 2,
+    )
+    png = tmp_path / "questions.png"
+    plots.plot_question_scores(base, tuned, png, title="grp/run")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every score labelled or invalid still gives a figure, with the thresholds drawn.
+    unscored = write_judged(tmp_path / "unscored.csv", ["CODE", ""], ["REFUSAL", ""], questions[:2])
+    strict = results.Thresholds(em=stats.EMRule(20, inclusive=False, coherent_above=70))
+    plots.plot_question_scores(base, unscored, png, title="grp/run", thresholds=strict, demo=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_training_curves_of_several_runs_overlaid(tmp_path):
+    histories = {
+        "grp/lr1e-4": log_history(12, 1e-4, eval_every=4),
+        "grp/lr1e-3": log_history(8, 1e-3),
+        "grp/empty": [],
+    }
+    with_eval, without_eval = tmp_path / "with.png", tmp_path / "without.png"
+    plots.plot_training_curves(histories, with_eval, demo=True)
+    assert with_eval.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # No run logged a held-out loss: that panel is left out rather than drawn empty.
+    del histories["grp/lr1e-4"]
+    plots.plot_training_curves(histories, without_eval, title="two runs")
+    assert png_width(without_eval) < png_width(with_eval)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_log_history_round_trip_and_user_errors(tmp_path):
+    path = tmp_path / "log_history.json"
+    history = log_history(3, 2e-4, eval_every=2)
+    path.write_text(json.dumps(history))
+    assert plots.read_log_history(path) == history
+    path.write_text('{"loss": 1.0}')
+    with pytest.raises(EmflowError, match=r"log_history\.json: not a list of log entries"):
+        plots.read_log_history(path)
+    path.write_text("[{")
+    with pytest.raises(EmflowError, match=r"log_history\.json: not valid JSON"):
+        plots.read_log_history(path)
+    with pytest.raises(EmflowError, match=r"missing\.json: no such file; .*rerun the training"):
+        plots.read_log_history(tmp_path / "missing.json")
+
+
+def test_training_curves_of_seeds_share_their_runs_colour(tmp_path):
+    paths = {}
+    for seed in (0, 1):
+        paths[seed] = tmp_path / f"seed{seed}.json"
+        paths[seed].write_text(json.dumps(log_history(6, 1e-4 * (seed + 1))))
+    histories = plots.read_log_histories(
+        {
+            "grp/replicated": {**paths, 2: tmp_path / "not-trained-yet.json"},
+            "grp/gone": tmp_path / "x.json",
+        }
+    )
+    assert list(histories) == ["grp/replicated"]
+    assert list(histories["grp/replicated"]) == ["seed 0", "seed 1"]
+    png = tmp_path / "curves.png"
+    plots.plot_training_curves(histories | {"grp/single": log_history(6, 1e-4)}, png, title="seeds")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_question_scores_of_replicates_pool_the_seeds(tmp_path):
+    questions = [f"q{i}?" for i in range(8)]
+    base = write_judged(tmp_path / "base.csv", [90, 85] * 4, [90, 80] * 4, questions)
+    png = tmp_path / "question_scores.png"
+    plots.plot_question_scores(base, seed_files(tmp_path, questions), png, title="grp/run")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
