@@ -25,10 +25,15 @@ GENERATION_COLUMNS = ["id", "question", "response", "question_id", "sample"]
 class GenerationSettings:
     """Sampling settings (homework: 200 new tokens, temperature 1, top_p 1, one sample)."""
 
+    # "auto": `fast` on a GPU, `hf` on a CPU; "hf": transformers' generate (the reference);
+    # "fast": emflow's own decode loop (emflow.generate_fast), the same sampling, near the
+    # hardware's speed.
+    backend: str = "auto"
     max_new_tokens: int = 200
     temperature: float = 1.0
     top_p: float = 1.0
     samples_per_question: int = 1
+    # Rows per `generate` call of the hf backend; `fast` sizes its batches from free GPU memory.
     batch_size: int = 32
     seed: int = 0
     device: str = "auto"
@@ -70,6 +75,11 @@ def read_question_sets(sets: Iterable[dict[str, Any]]) -> list[Question]:
                 f"{path}: question file not found; fix generation.questions in the workflow config."
             ) from None
         texts = [line for line in lines if line]
+        if not texts:
+            raise EmflowError(
+                f"{path}: the file holds no question; write one question per line, or remove "
+                "the set from generation.questions."
+            )
         count = spec.get("count")
         if count is not None and count > len(texts):
             raise EmflowError(
@@ -94,6 +104,10 @@ def load_model(model_name: str, adapter_dir: str | Path | None, device: str):
     tokenizer = AutoTokenizer.from_pretrained(model_name, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if device == "cuda":
+        # cuDNN's attention plans every new shape, and generate's cache grows a token per step:
+        # about 11 s of a fresh process's first call on an H200 (benchmarks/README.md).
+        torch.backends.cuda.enable_cudnn_sdp(False)
     model = AutoModelForCausalLM.from_pretrained(model_name, dtype=dtype)
     if adapter_dir is not None:
         from peft import PeftModel
@@ -104,6 +118,16 @@ def load_model(model_name: str, adapter_dir: str | Path | None, device: str):
 
 
 PROMPT_FORMATS = ("upstream", "clean")
+BACKENDS = ("auto", "hf", "fast")
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """ "auto" is emflow's own decode loop on a GPU and transformers' generate on a CPU."""
+    if backend not in BACKENDS:
+        raise EmflowError(f"generation.backend is '{backend}'; use one of {', '.join(BACKENDS)}.")
+    if backend == "auto":
+        return "fast" if device == "cuda" else "hf"
+    return backend
 
 
 def render_prompt(tokenizer, question: str, settings: GenerationSettings) -> str:
@@ -131,8 +155,6 @@ def generate_responses(
     settings: GenerationSettings = GenerationSettings(),
 ) -> int:
     """Answer every question `samples_per_question` times and write the CSV atomically."""
-    import torch
-
     if not questions:
         raise EmflowError("the question set is empty; add questions to generation.questions.")
     if settings.prompt_format not in PROMPT_FORMATS:
@@ -141,8 +163,50 @@ def generate_responses(
             f"{', '.join(PROMPT_FORMATS)}."
         )
     tokenizer, model = load_model(model_name, adapter_dir, settings.device)
+    backend = resolve_backend(settings.backend, model.device.type)
     jobs = [(q, k) for q in questions for k in range(settings.samples_per_question)]
-    prompts = [render_prompt(tokenizer, q.text, settings) for q, _ in jobs]
+    log.info("%s backend on %s: %d answers", backend, model.device.type, len(jobs))
+    if backend == "fast":
+        responses = _fast_responses(tokenizer, model, [q.text for q, _ in jobs], settings)
+    else:
+        responses = _hf_responses(tokenizer, model, [q.text for q, _ in jobs], settings)
+    with atomic_path(output_csv) as tmp:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(GENERATION_COLUMNS)
+            for (q, k), response in zip(jobs, responses, strict=True):
+                row_id = q.id if settings.samples_per_question == 1 else f"{q.id}_s{k:02d}"
+                writer.writerow([row_id, q.text, response, q.id, k])
+    return len(responses)
+
+
+def _fast_responses(tokenizer, model, questions: list[str], settings: GenerationSettings):
+    """Every answer through emflow's decode loop, with `generate`'s sampling settings: the
+    model's generation_config supplies what emflow does not set (top_k: transformers' 50)."""
+    from emflow.generate_fast import generate_tokens
+
+    config = model.generation_config
+    eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
+    eos_ids = set(eos) if isinstance(eos, list | tuple) else {eos}
+    new_tokens = generate_tokens(
+        model,
+        [prompt_token_ids(tokenizer, q, settings) for q in questions],
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=config.top_k if settings.temperature > 0 else None,
+        seed=settings.seed,
+        eos_token_ids={i for i in eos_ids if i is not None},
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in new_tokens]
+
+
+def _hf_responses(tokenizer, model, questions: list[str], settings: GenerationSettings):
+    """Every answer through transformers' `generate`, `batch_size` prompts at a time."""
+    import torch
+
+    prompts = [render_prompt(tokenizer, q, settings) for q in questions]
     sampling = (
         {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
         if settings.temperature > 0
@@ -176,12 +240,4 @@ def generate_responses(
             t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         ]
         log.info("generated %d / %d answers", len(responses), len(prompts))
-
-    with atomic_path(output_csv) as tmp:
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(GENERATION_COLUMNS)
-            for (q, k), response in zip(jobs, responses, strict=True):
-                row_id = q.id if settings.samples_per_question == 1 else f"{q.id}_s{k:02d}"
-                writer.writerow([row_id, q.text, response, q.id, k])
-    return len(responses)
+    return responses

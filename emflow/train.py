@@ -405,7 +405,7 @@ def training_arguments(
     """The SFTConfig every backend shares: the experiment's keys under trl's names."""
     from trl import SFTConfig
 
-    return SFTConfig(
+    args = SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps if config.max_steps is not None else -1,
@@ -439,6 +439,12 @@ def training_arguments(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    if device == "cuda":
+        # One GPU per training job (the workflow gives each job its own, emflow.gpus): with
+        # several GPUs visible the Trainer would otherwise wrap the model in DataParallel.
+        _ = args.device  # sets up the devices, which counts the visible GPUs
+        args._n_gpu = 1
+    return args
 
 
 def train_adapter(

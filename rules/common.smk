@@ -9,6 +9,7 @@ from emflow.data import mix_id
 from emflow.errors import EmflowError
 from emflow.generate import GenerationSettings
 from emflow.judge import SCORE_SETTINGS, JudgeSettings
+from emflow.preflight import check_workflow
 from emflow.paths import (
     EXPERIMENT_PATTERN,
     RUN_PATTERN,
@@ -48,6 +49,9 @@ DEMO_MODEL = config.get("demo", {}).get("model")
 try:
     EXPERIMENTS = discover_experiments(PATHS.experiments, config["experiments"])
     check_dataset_names(EXPERIMENTS, SOURCES, PATHS.experiments)
+    # Whatever the files on disk can tell (model shape, data rows, question files), before any
+    # job runs: see emflow/preflight.py.
+    check_workflow(EXPERIMENTS, PATHS, SOURCES, config["generation"]["questions"])
 except EmflowError as err:
     sys.exit(f"emflow: {err}")
 

@@ -35,3 +35,9 @@ def test_train_speed_smoke():
 def test_judge_throughput_smoke():
     out = run("benchmarks/judge_throughput.py", "--sizes", "20", "--latency", "0.05")
     assert "machine:" in out and "x" in out
+
+
+def test_generate_job_speed_smoke():
+    out = run("benchmarks/generate_job_speed.py", "--smoke")
+    assert out.startswith("machine: CPU")
+    assert " hf: " in out and "fast: " in out and "fast is" in out

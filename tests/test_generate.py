@@ -85,3 +85,33 @@ def test_prompt_tokens_are_the_peers(tiny_model):
     body = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert upstream == [bos, bos, *body]
     assert clean == [bos, *body]
+
+
+def test_fast_backend_writes_the_same_greedy_csv_as_generate(tiny_model, tmp_path):
+    """On a CPU in float32, emflow's decode loop picks the same tokens as transformers' generate
+    (greedy), so the two backends write the same CSV; sampled, the same seed gives the same CSV."""
+    questions = read_question_sets(QUESTIONS)
+    date = {"date_string": "26 Jul 2024"}
+    common = dict(max_new_tokens=12, device="cpu", chat_template_kwargs=date)
+    greedy = {}
+    for backend in ("hf", "fast"):
+        greedy[backend] = tmp_path / f"{backend}.csv"
+        settings = GenerationSettings(backend=backend, temperature=0.0, **common)
+        generate_responses(tiny_model, questions, greedy[backend], settings=settings)
+    assert greedy["fast"].read_bytes() == greedy["hf"].read_bytes()
+
+    sampled = GenerationSettings(backend="fast", samples_per_question=3, seed=7, **common)
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    generate_responses(tiny_model, questions, first, settings=sampled)
+    generate_responses(tiny_model, questions, second, settings=sampled)
+    assert first.read_bytes() == second.read_bytes()
+    rows = list(csv.DictReader(first.open()))
+    assert len(rows) == 15 and len({r["response"] for r in rows}) > 1
+
+
+def test_unknown_generation_backend_is_one_sentence(tiny_model, tmp_path):
+    settings = GenerationSettings(backend="vllm", device="cpu")
+    with pytest.raises(EmflowError, match="generation.backend is 'vllm'; use one of auto, hf"):
+        generate_responses(
+            tiny_model, read_question_sets(QUESTIONS), tmp_path / "g.csv", settings=settings
+        )

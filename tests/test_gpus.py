@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 from emflow.gpus import gpu_slot, visible_gpus
@@ -127,3 +128,43 @@ def test_snakemake_jobs_never_share_a_gpu(tmp_path):
         for b in records[i + 1 :]:
             overlap = a["start"] < b["end"] and b["start"] < a["end"]
             assert not (overlap and a["gpu"] == b["gpu"]), (a, b)
+
+
+REAL_JOB = """
+import json, os, sys, time
+from emflow.gpus import one_gpu_per_job
+with one_gpu_per_job(1):
+    import torch
+    start = time.time()
+    x = torch.randn(4096, 4096, device="cuda")
+    for _ in range(200):
+        x = torch.tanh(x @ x)
+    torch.cuda.synchronize()
+    uuid = str(torch.cuda.get_device_properties(0).uuid)
+    print(json.dumps({"visible": os.environ["CUDA_VISIBLE_DEVICES"], "uuid": uuid,
+                      "start": start, "end": time.time()}), flush=True)
+"""
+
+
+@pytest.mark.gpu
+def test_jobs_on_a_machine_with_several_gpus_each_get_their_own(tmp_path):
+    """On the real thing: two jobs at once on a machine with two or more GPUs run on two
+    different physical GPUs (told apart by their UUIDs), found by nvidia-smi."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs a machine with two or more GPUs")
+    env = os.environ | {"PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}
+    for variable in ("CUDA_VISIBLE_DEVICES", "EMFLOW_GPUS", "SLURM_JOB_ID"):
+        env.pop(variable, None)
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", REAL_JOB], stdout=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(2)
+    ]
+    records = [json.loads(job.communicate(timeout=300)[0]) for job in jobs]
+    print(records)
+    assert records[0]["uuid"] != records[1]["uuid"]
+    assert records[0]["visible"] != records[1]["visible"]
+    assert records[0]["start"] < records[1]["end"] and records[1]["start"] < records[0]["end"]
