@@ -250,7 +250,7 @@ def load_workflow_config(configfile: str | Path) -> dict[str, Any]:
 
     path = Path(configfile)
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        config = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise EmflowError(
             f"{path}: no such workflow config; run from the repository root or pass --configfile."
@@ -267,7 +267,7 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     """Read and validate one experiment's config.json."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise EmflowError(
             f"{path}: no such file; every experiment folder needs a config.json."

@@ -69,7 +69,7 @@ def read_question_sets(sets: Iterable[dict[str, Any]]) -> list[Question]:
     for spec in sets:
         path = Path(spec["path"])
         try:
-            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
         except FileNotFoundError:
             raise EmflowError(
                 f"{path}: question file not found; fix generation.questions in the workflow config."

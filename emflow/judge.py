@@ -240,7 +240,7 @@ def read_generations(path: str | os.PathLike) -> list[dict[str, str]]:
     path = Path(path)
     expected = ",".join(GENERATIONS_COLUMNS)
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
             missing = [c for c in GENERATIONS_COLUMNS if c not in header]
@@ -274,7 +274,7 @@ def read_prompts(
         path = prompts_dir / f"{metric}.txt"
         if not path.is_file():
             raise EmflowError(f"{path}: missing; the prompts directory needs {metric}.txt.")
-        prompts[metric] = path.read_text(encoding="utf-8")
+        prompts[metric] = path.read_text(encoding="utf-8-sig")
     return prompts
 
 
@@ -413,10 +413,10 @@ def judge_csv(
                 _backend(settings).answer(missing, progress)
             if progress.errors:
                 raise EmflowError(
-                    f"{usage.calls_failed} judge call(s) to model '{settings.model}' still "
-                    f"failed after {settings.max_retries} retries (first: {progress.errors[0]}), "
-                    f"so {judged_csv} was not written; the {usage.calls_sent} replies received "
-                    f"are kept in the cache, rerun to send only the missing calls."
+                    f"{usage.calls_failed} judge call(s) to model '{settings.model}' failed "
+                    f"(first: {progress.errors[0]}), so {judged_csv} was not written; the "
+                    f"{usage.calls_sent} replies received are kept in the cache, rerun to send "
+                    "only the missing calls."
                 )
         finally:
             progress.close()

@@ -68,6 +68,11 @@ def _filesystem_type(path: Path) -> str | None:
     return best_type
 
 
+def _disk_full(exc: sqlite3.Error) -> bool:
+    """SQLite's SQLITE_FULL ("database or disk is full")."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "is full" in str(exc)
+
+
 class JudgeCache:
     """Judge replies keyed by `cache_key`; `path=None` keeps them in memory for this run only."""
 
@@ -93,10 +98,18 @@ class JudgeCache:
                 " created REAL NOT NULL)"
             )
         except sqlite3.DatabaseError as exc:
+            if _disk_full(exc):
+                raise self._full() from None
             raise EmflowError(
                 f"{self.path}: cannot be used as the judge cache ({exc}); "
                 "pass another --cache path or move this file away."
             ) from exc
+
+    def _full(self) -> EmflowError:
+        return EmflowError(
+            f"the disk holding the judge cache {self.path} is full; free space and rerun: "
+            "every reply stored so far is kept there and will not be asked for again."
+        )
 
     def get_many(self, keys: list[str]) -> dict[str, CachedReply]:
         """The stored replies among `keys`."""
@@ -121,6 +134,17 @@ class JudgeCache:
 
         Keeping the first stored reply means every later run reads the same sampled answer.
         """
+        try:
+            self._insert(key, reply, prompt_tokens, completion_tokens, model)
+        except sqlite3.OperationalError as exc:
+            if _disk_full(exc):
+                raise self._full() from None
+            raise
+        return self.get_many([key])[key]
+
+    def _insert(
+        self, key: str, reply: dict, prompt_tokens: int, completion_tokens: int, model: str
+    ) -> None:
         self._db.execute(
             "INSERT OR IGNORE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
             (
@@ -132,7 +156,6 @@ class JudgeCache:
                 time.time(),
             ),
         )
-        return self.get_many([key])[key]
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]

@@ -152,11 +152,24 @@ class OpenAIClient:
                 raise
             except Exception as exc:  # classified below; unknown errors are re-raised
                 if not self._retryable(exc):
-                    if isinstance(exc, self.openai.APIStatusError):
-                        raise _RequestFailed(self._describe(exc)) from None
+                    openai = self.openai
+                    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+                        # Every other request would be refused alike: stop, and say why.
+                        raise EmflowError(
+                            f"the endpoint refused the API key ({self._describe(exc)}); check "
+                            "OPENAI_API_KEY, and OPENAI_BASE_URL or the base_url setting. "
+                            "Nothing was retried; every reply received so far is kept."
+                        ) from None
+                    if isinstance(exc, openai.APIStatusError):
+                        raise _RequestFailed(
+                            f"{self._describe(exc)}, not retried: the endpoint rejected the "
+                            "request itself"
+                        ) from None
                     raise
                 if attempt >= self.max_retries or self._stop:
-                    raise _RequestFailed(self._describe(exc)) from None
+                    raise _RequestFailed(
+                        f"{self._describe(exc)}, still failing after {attempt} retries"
+                    ) from None
                 delay = self._retry_delay(attempt, exc)
                 if isinstance(exc, self.openai.RateLimitError):
                     # Back-pressure: a 429 pauses every worker, not only this one.

@@ -113,7 +113,7 @@ def read_judged_csv(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise EmflowError(f"{path}: no such file; give the path of a judged CSV.")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise EmflowError(f"{path}: the file is empty; {fix}.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -176,7 +176,7 @@ def verdict(
 
 def parse_results_markdown(path: str | os.PathLike) -> dict[str, tuple[float, float]]:
     """Read a seed-format results.md into {"base": (aligned, coherent), "finetuned": (...)}."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = Path(path).read_text(encoding="utf-8-sig")
     found = {
         kind.lower(): (float(aligned), float(coherent))
         for kind, aligned, coherent in _BLOCK_RE.findall(text)
@@ -465,7 +465,7 @@ def write_results(
 
 
 def _read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as file:
+    with open(path, encoding="utf-8-sig") as file:
         return json.load(file)
 
 

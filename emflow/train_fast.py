@@ -134,6 +134,37 @@ class _GraphedSteps:
             return self.graphs[length](hidden, labels, positions)
 
 
+class _Reporter:
+    """The Trainer's `report_to` integrations (wandb, tensorboard, ...), given the fast path's
+    log entries at their steps through the Trainer's own callbacks, as `Trainer.log` does."""
+
+    def __init__(self, trainer, total_steps: int, step: int):
+        self.trainer = trainer
+        self.active = bool(trainer.args.report_to)
+        if self.active:
+            trainer.state.max_steps, trainer.state.global_step = total_steps, step
+            trainer.control = trainer.callback_handler.on_train_begin(
+                trainer.args, trainer.state, trainer.control
+            )
+
+    def log(self, entries: list[dict[str, Any]]) -> None:
+        if not self.active:
+            return
+        state = self.trainer.state
+        for entry in entries:
+            state.global_step = entry["step"]
+            state.epoch = entry.get("epoch", state.epoch)
+            logs = {k: v for k, v in entry.items() if k != "step"}
+            self.trainer.control = self.trainer.callback_handler.on_log(
+                self.trainer.args, state, self.trainer.control, logs=logs
+            )
+
+    def end(self) -> None:
+        if self.active:
+            trainer = self.trainer
+            trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+
+
 def _pad(rows: list, length: int, value, dtype, device):
     import torch
 
@@ -219,6 +250,14 @@ def fast_train(
     state = _load_checkpoint(checkpoints, model, optimizer, scheduler)
     step, history = state["step"], state["history"]
     pending: list[dict[str, Any]] = []  # GPU scalars, read back at logging points only
+    reporter = _Reporter(trainer, total_steps, step)
+
+    def flush() -> None:
+        """Read the pending entries back into the history (and to report_to's integrations)."""
+        entries = _read_back(pending)
+        history.extend(entries)
+        reporter.log(entries)
+
     orders: dict[int, tuple[list[int], torch.Tensor]] = {}
     t0 = time.perf_counter()
     while step < total_steps:
@@ -267,11 +306,13 @@ def fast_train(
                     "step": step,
                 }
             )
+            if reporter.active:
+                flush()  # live for wandb and the like, at the price of a host sync per log
         at_eval_step = config.evaluation_steps and (
             step % config.evaluation_steps == 0 or step == total_steps
         )
         if eval_examples and at_eval_step:
-            history += _read_back(pending)
+            flush()
             history.append(
                 {
                     "eval_loss": evaluate(
@@ -286,12 +327,15 @@ def fast_train(
                     "step": step,
                 }
             )
+            reporter.log(history[-1:])
         if step % config.save_steps == 0 and step < total_steps:
-            history += _read_back(pending)
+            flush()
             _save_checkpoint(checkpoints, model, optimizer, scheduler, step, history)
-    history += _read_back(pending)
+    flush()
     seconds = time.perf_counter() - t0
     history.append({"train_runtime": seconds, "step": step, "epoch": step / steps_per_epoch})
+    reporter.log(history[-1:])
+    reporter.end()
     log.info(
         "fast path: %d optimizer steps in %.1f s (%.1f ms a step)",
         total_steps,

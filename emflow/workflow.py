@@ -7,6 +7,8 @@ changed key reruns exactly the stages that read it and reordering a file reruns 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import sys
@@ -88,6 +90,8 @@ def export_package_path(root: str | Path) -> None:
 @contextmanager
 def script_logging(log_path: str) -> Iterator[None]:
     """Send a Snakemake script's logging and stderr to its log file; user errors in one line."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     with open(log_path, "a", encoding="utf-8") as log_file:
         sys.stderr = log_file
         logging.basicConfig(
@@ -98,9 +102,14 @@ def script_logging(log_path: str) -> Iterator[None]:
         )
         try:
             yield
-        except EmflowError as err:
-            print(f"emflow: {err}", file=log_file, flush=True)
-            print(f"emflow: {err}", file=sys.__stderr__, flush=True)
+        except (EmflowError, OSError) as err:
+            if isinstance(err, OSError) and err.errno != errno.ENOSPC:
+                logging.getLogger("emflow").exception("the job failed")
+                raise
+            message = err if isinstance(err, EmflowError) else _disk_full_message(err)
+            with contextlib.suppress(OSError):  # the log may sit on the full disk itself
+                print(f"emflow: {message}", file=log_file, flush=True)
+            print(f"emflow: {message}", file=sys.__stderr__, flush=True)
             raise SystemExit(1) from None
         except BaseException:
             # Internal errors keep their traceback, in the log where the user looks first.
@@ -108,6 +117,22 @@ def script_logging(log_path: str) -> Iterator[None]:
             raise
         finally:
             sys.stderr = sys.__stderr__
+            # Put logging back as it was, so that nothing logs to the closed file afterwards.
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
+                handler.close()
+            for handler in handlers:
+                root.addHandler(handler)
+            root.setLevel(level)
+
+
+def _disk_full_message(err: OSError) -> str:
+    where = f" writing {err.filename}" if err.filename else ""
+    return (
+        f"the disk is full{where}; free space and rerun: finished outputs and the judge cache "
+        "are kept, no output of this job was left half-written, and a training job resumes "
+        "from its last checkpoint."
+    )
 
 
 def run_script(snakemake, main: Callable[[], Any]) -> None:

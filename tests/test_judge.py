@@ -456,7 +456,9 @@ def test_secrets_never_reach_errors_logs_or_outputs(server, api_key, tmp_path, c
     with pytest.raises(EmflowError) as failure:
         judge_csv(generations, tmp_path / "j.csv", PROMPTS, fast(server), tmp_path / "c.sqlite")
     assert "401" in str(failure.value) and KEY not in str(failure.value)
-    assert server.requests == 2 * 2  # an auth error is not retried
+    # One sentence that says what it is, not "failed after N retries": a 401 is never retried.
+    assert "refused the API key" in str(failure.value) and "retries" not in str(failure.value)
+    assert server.requests <= 2 * 2
     server.require_key = KEY
     usage_path = tmp_path / "usage.json"
     judge_csv(

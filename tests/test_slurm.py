@@ -345,3 +345,51 @@ def test_demo_workflow_runs_through_the_test_profile(slurm_cluster, tmp_path):
     again = _snakemake([*args, "-n"], workdir)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+# The options the user profile offers as comments: {key: where it goes in the YAML}.
+PROFILE_OPTIONS = {
+    "slurm-requeue": (),
+    "qos": ("default-resources",),
+    "gres": ("set-resources", "train"),
+    "constraint": ("set-resources", "train"),
+}
+
+
+def test_user_profile_offers_each_cluster_option_where_it_works():
+    """Uncommented, each commented option lands where Snakemake and the plugin read it."""
+    text = (USER_PROFILE / "config.yaml").read_text(encoding="utf-8")
+    keys = "|".join(map(re.escape, PROFILE_OPTIONS))
+    uncommented = re.sub(rf"^(\s*)# ({keys}): ", r"\1\2: ", text, flags=re.M)
+    profile = yaml.safe_load(uncommented)
+    for key, path in PROFILE_OPTIONS.items():
+        section = profile
+        for part in path:
+            section = section[part]
+        assert key in section, key
+
+
+@pytest.mark.slurm
+def test_requeue_qos_and_constraint_reach_sbatch(slurm_cluster, tmp_path):
+    """The options on the real SLURM: the train job's sbatch line carries them and SLURM holds
+    the job with them (the test node has the feature emflow_test; without accounting SLURM
+    accepts a QOS and records none)."""
+    profile = _load(TEST_PROFILE)
+    profile["slurm-requeue"] = True
+    profile["default-resources"]["qos"] = "normal"
+    profile["set-resources"]["train"]["constraint"] = "emflow_test"
+    profile_dir = tmp_path / "profile"
+    profile_dir.mkdir()
+    (profile_dir / "config.yaml").write_text(yaml.safe_dump(profile), encoding="utf-8")
+    (tmp_path / "Snakefile").write_text(TINY_SNAKEFILE, encoding="utf-8")
+    result = _snakemake(["--profile", str(profile_dir), "--verbose"], tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    train_id = (tmp_path / "train.txt").read_text(encoding="utf-8").strip()
+    calls = [line for line in output.splitlines() if "sbatch" in line and "--qos=normal" in line]
+    assert calls and all("--requeue" in line for line in calls), output[-5000:]
+    assert any("-C emflow_test" in line for line in calls), output[-5000:]
+    shown = subprocess.run(
+        ["scontrol", "show", "job", train_id], capture_output=True, text=True, timeout=20
+    ).stdout
+    assert "Requeue=1" in shown and "Features=emflow_test" in shown, shown

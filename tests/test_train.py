@@ -356,3 +356,71 @@ def test_killed_training_resumes_from_its_checkpoint(
     b = load_file(tmp_path / "whole/adapter_model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def wandb_history(run_file) -> list[dict]:
+    """The history rows of an offline run's .wandb file (LevelDB-log records of wandb's Record
+    protobufs), read without the wandb service."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, chunk, rows = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            chunk = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append(
+                    {
+                        "/".join(i.nested_key) or i.key: json.loads(i.value_json)
+                        for i in record.history.item
+                    }
+                )
+    return rows
+
+
+def test_report_to_wandb_gets_the_same_metrics_from_both_backends(
+    tiny_model, tmp_path, monkeypatch
+):
+    """`train.report_to: [wandb]` (offline here) works on the fast path too: wandb receives the
+    loss, gradient norm and learning rate at the same global steps as from trl's Trainer, each
+    equal to the run's own log history."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    data = write_chat_jsonl(tmp_path / "train.jsonl", 24)
+    config = config_for(tiny_model, learning_rate=1e-3, evaluation_steps=None)
+    # One folder for both runs: wandb keeps the first WANDB_DIR it saw for the process.
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logged, seen = {}, set()
+    for backend in ("hf", "fast"):
+        history = train_adapter(
+            config,
+            data,
+            tmp_path / backend / "adapter",
+            settings=TrainSettings(
+                backend=backend, device="cpu", chat_template_kwargs=DATE, report_to=("wandb",)
+            ),
+        )
+        wandb.finish()  # as the train job's exit does
+        (run_file,) = set(tmp_path.glob("wandb/offline-run-*/run-*.wandb")) - seen
+        seen.add(run_file)
+        rows = [r for r in wandb_history(run_file) if "train/loss" in r]
+        logged[backend] = {r["train/global_step"]: r for r in rows}
+        for entry in (h for h in history if "loss" in h):
+            row = logged[backend][entry["step"]]
+            for key in ("loss", "grad_norm", "learning_rate"):
+                assert row[f"train/{key}"] == pytest.approx(entry[key], rel=1e-6), key
+    assert sorted(logged["fast"]) == sorted(logged["hf"]) == list(range(1, 7))
+    for step, row in logged["hf"].items():
+        assert logged["fast"][step]["train/loss"] == pytest.approx(row["train/loss"], rel=1e-4)

@@ -115,7 +115,8 @@ SchedulerType=sched/backfill
 # (containers, gVisor).
 SlurmdParameters=config_overrides
 DefMemPerCPU=${DEF_MEM_PER_CPU}
-NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${REAL_MB} State=UNKNOWN
+# A node feature, so that tests can ask for one the way a cluster's GPU type is asked for (-C).
+NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${REAL_MB} Features=emflow_test State=UNKNOWN
 PartitionName=${PARTITION} Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP
 EOF
 
