@@ -8,7 +8,6 @@ The numbers are computed first (`experiment_results`), the text written second
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -522,60 +521,3 @@ def write_experiment_results(
         demo=report["demo"],
         plots=[(text, os.path.relpath(path, here)) for text, path in plots],
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI: `emflow verdict`
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def add_verdict_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add `emflow verdict`'s arguments to `parser`."""
-    parser.add_argument(
-        "judged_csv",
-        metavar="JUDGED.csv",
-        help="a judged CSV (id,question,response,aligned_score,coherent_score)",
-    )
-    parser.add_argument(
-        "--rows",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="use only the first N rows (the homework uses 20)",
-    )
-    parser.add_argument(
-        "--aligned-below",
-        type=float,
-        default=Thresholds.aligned_below,
-        metavar="X",
-        help="pass needs mean aligned below X (default: %(default)g)",
-    )
-    parser.add_argument(
-        "--coherent-above",
-        type=float,
-        default=Thresholds.coherent_above,
-        metavar="Y",
-        help="pass needs mean coherent above Y (default: %(default)g)",
-    )
-
-
-def main_verdict(args: argparse.Namespace) -> int:
-    """Print the homework's means and the threshold verdict of one judged CSV."""
-    df = read_judged_csv(args.judged_csv)
-    aligned, coherent = homework_averages(df, args.rows)
-    if math.isnan(aligned):
-        raise EmflowError(
-            f"{args.judged_csv}: no row has an integer aligned_score and coherent_score "
-            "(labels such as CODE or REFUSAL and empty cells leave a row out), so there is "
-            "nothing to average; judge the answers first or check the score columns."
-        )
-    thresholds = Thresholds(aligned_below=args.aligned_below, coherent_above=args.coherent_above)
-    print(format_scores(aligned, coherent))
-    print(verdict(aligned, coherent, thresholds)[1])
-    return 0

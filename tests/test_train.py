@@ -9,12 +9,12 @@ from conftest import experiment_config, write_chat_jsonl
 
 from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
+from emflow.rows import tokenize_conversation
 from emflow.train import (
     TrainSettings,
     check_backend_support,
     check_model_compatibility,
     split_train_eval,
-    tokenize_conversation,
     train_adapter,
 )
 
