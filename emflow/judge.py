@@ -399,7 +399,12 @@ def judge_csv(
         calls_for.append(cells)
 
     usage = JudgeUsage(
-        settings.backend, settings.model, settings.mode, rows=len(rows), calls=len(calls)
+        settings.backend,
+        settings.model,
+        settings.mode,
+        parse=settings.parse if settings.mode == "sampled" else "",
+        rows=len(rows),
+        calls=len(calls),
     )
     with JudgeCache(cache_path) as cache:
         found = cache.get_many(list(calls))

@@ -21,6 +21,8 @@ class JudgeUsage:
     backend: str
     model: str
     mode: str
+    # How sampled replies were read ("homework" or "lenient"); logprob mode reads no text.
+    parse: str = ""
     rows: int = 0
     calls: int = 0  # distinct judge calls the CSV needs
     calls_cached: int = 0  # served from the cache, nothing sent
