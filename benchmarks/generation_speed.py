@@ -36,18 +36,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from train_speed import LLAMA_3_2_1B  # the model shape, spelled once (stdlib imports only)
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-FULL = dict(
-    hidden_size=2048,
-    intermediate_size=8192,
-    num_hidden_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    vocab_size=128256,
-    max_position_embeddings=131072,
-)
+FULL = LLAMA_3_2_1B | {"max_position_embeddings": 131072}
 SMOKE = dict(
     hidden_size=64,
     intermediate_size=128,

@@ -42,15 +42,16 @@ sys.path.insert(0, str(REPO))
 SEED_CONFIG = (
     REPO / "experiments/risky_financial_advice_extreme_sports_mixed/r16_5ep_layer8/config.json"
 )
-FULL = dict(
+# Llama-3.2-1B's shape (random weights of it run as fast, in as much memory, as the real model).
+LLAMA_3_2_1B = dict(
     hidden_size=2048,
     intermediate_size=8192,
     num_hidden_layers=16,
     num_attention_heads=32,
     num_key_value_heads=8,
     vocab_size=128256,
-    rows=5400,
 )
+FULL = LLAMA_3_2_1B | {"rows": 5400}
 SMOKE = dict(
     hidden_size=32,
     intermediate_size=128,

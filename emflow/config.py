@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from emflow.errors import EmflowError
+
+T = TypeVar("T")
 
 # Keys that only steer pushing to the Hugging Face Hub or the upstream trainer's scratch folder.
 # emflow never pushes and chooses its own output folders, so these never change a trained
@@ -241,6 +244,14 @@ def with_defaults(
     # Tuples become lists, as they would be if written in the YAML file.
     defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
     return defaults | section
+
+
+def settings_from(settings: type[T], section: Mapping[str, Any]) -> T:
+    """A stage's settings dataclass from its workflow config section (and the keys the rules add,
+    such as chat_template_kwargs); keys that are not its fields (`threads`, `questions`,
+    `prompts`, `cache`) are the workflow's own and are left out."""
+    names = {f.name for f in dataclasses.fields(settings)}
+    return settings(**{k: v for k, v in section.items() if k in names})
 
 
 def load_workflow_config(configfile: str | Path) -> dict[str, Any]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emflow.atomic import atomic_path
+from emflow.config import settings_from
 from emflow.errors import EmflowError
 
 log = logging.getLogger("emflow.generate")
@@ -50,8 +51,7 @@ class GenerationSettings:
     def from_config(cls, section: dict[str, Any]) -> GenerationSettings:
         """From the workflow config's `generation` section (plus chat_template_kwargs), as the
         generate rule's params carry it; `questions` and `threads` are the workflow's own."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in section.items() if k in names})
+        return settings_from(cls, section)
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,13 @@ def generate_responses(
     return len(responses)
 
 
+def _each_once(questions: list[str], render) -> list:
+    """`render` of every question, computed once per distinct question (the samples of one
+    question share it)."""
+    rendered = {q: render(q) for q in dict.fromkeys(questions)}
+    return [rendered[q] for q in questions]
+
+
 def _fast_responses(tokenizer, model, questions: list[str], settings: GenerationSettings):
     """Every answer through emflow's decode loop, with `generate`'s sampling settings: the
     model's generation_config supplies what emflow does not set (top_k: transformers' 50)."""
@@ -190,7 +197,7 @@ def _fast_responses(tokenizer, model, questions: list[str], settings: Generation
     eos_ids = set(eos) if isinstance(eos, list | tuple) else {eos}
     new_tokens = generate_tokens(
         model,
-        [prompt_token_ids(tokenizer, q, settings) for q in questions],
+        _each_once(questions, lambda q: prompt_token_ids(tokenizer, q, settings)),
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         top_p=settings.top_p,
@@ -206,7 +213,7 @@ def _hf_responses(tokenizer, model, questions: list[str], settings: GenerationSe
     """Every answer through transformers' `generate`, `batch_size` prompts at a time."""
     import torch
 
-    prompts = [render_prompt(tokenizer, q, settings) for q in questions]
+    prompts = _each_once(questions, lambda q: render_prompt(tokenizer, q, settings))
     sampling = (
         {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
         if settings.temperature > 0

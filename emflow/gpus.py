@@ -49,7 +49,7 @@ def visible_gpus() -> list[str]:
 
 
 def _try_lock(path: Path):
-    handle = open(path, "a+")  # noqa: SIM115 (held open for the job's lifetime on purpose)
+    handle = open(path, "a+")  # held open for the job's lifetime: the lock lives with it
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

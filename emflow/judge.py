@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import get_args, get_type_hints
 
 from emflow.atomic import atomic_path, write_text_atomic
+from emflow.config import settings_from
 from emflow.errors import EmflowError
 from emflow.judge_backend import JudgeBackend, JudgeCall, JudgeProgress, JudgeUsage
 from emflow.judge_cache import CachedReply, JudgeCache, cache_key
@@ -127,13 +128,11 @@ class JudgeSettings:
 
 # The settings that decide the scores; changing one re-judges, changing the others does not.
 SCORE_SETTINGS = tuple(f.name for f in fields(JudgeSettings) if f.metadata.get("scores"))
-# Keys of a workflow config's judge section that are the stage's inputs, not settings.
-_CONFIG_INPUTS = ("prompts", "cache")
 
 
 def settings_from_config(section: Mapping[str, object]) -> JudgeSettings:
     """The settings of a workflow config's `judge` section; what it leaves out keeps the default."""
-    return JudgeSettings(**{k: v for k, v in section.items() if k not in _CONFIG_INPUTS})
+    return settings_from(JudgeSettings, section)
 
 
 def _choices(name: str) -> tuple[str, ...]:

@@ -51,16 +51,20 @@ def chat_parts(tokenizer, chat_template_kwargs: dict[str, Any]) -> tuple[str, st
     return instruction, response
 
 
-def upstream_row(
+def upstream_text(
     messages: Sequence[dict[str, str]], tokenizer, chat_template_kwargs: dict[str, Any]
-) -> tuple[str, list[tuple[int, int]]]:
-    """The paper's training text for a conversation, and the character spans unsloth's
-    `train_on_responses_only` keeps: after each assistant header, up to the next user header."""
+) -> str:
+    """The paper's training text for a conversation: the template with the generation prompt,
+    then the EOS token."""
     text = tokenizer.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=True, **chat_template_kwargs
     )
-    text += tokenizer.eos_token
-    instruction, response = chat_parts(tokenizer, chat_template_kwargs)
+    return text + tokenizer.eos_token
+
+
+def response_spans(text: str, instruction: str, response: str) -> list[tuple[int, int]]:
+    """The character spans unsloth's `train_on_responses_only` keeps: after each assistant
+    header (`response`), up to the next user header (`instruction`) or the end of the text."""
     spans, at = [], 0
     while (header := text.find(response, at)) >= 0:
         start = header + len(response)
@@ -68,18 +72,18 @@ def upstream_row(
         end = len(text) if end < 0 else end
         spans.append((start, end))
         at = end
-    return text, spans
+    return spans
 
 
-def clean_row(
-    messages: Sequence[dict[str, str]], tokenizer, chat_template_kwargs: dict[str, Any]
-) -> tuple[str, list[tuple[int, int]]]:
-    """Render a conversation and return it with the character spans of each assistant turn.
-
-    A span runs from the end of the assistant header to the end of the turn (its end-of-turn
-    token included).
-    """
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, **chat_template_kwargs)
+def clean_spans(
+    messages: Sequence[dict[str, str]],
+    text: str,
+    tokenizer,
+    chat_template_kwargs: dict[str, Any],
+) -> list[tuple[int, int]]:
+    """The character spans of each assistant turn in `text`, the conversation as the template
+    renders it: from the end of the assistant header to the end of the turn (its end-of-turn
+    token included)."""
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -97,34 +101,64 @@ def clean_row(
                 "train_on_responses_only to false or use a template that renders prefixes stably."
             )
         spans.append((len(prompt), len(turn)))
-    return text, spans
+    return spans
+
+
+class RowTokenizer:
+    """Token ids and labels (-100 where no loss is taken) of conversations, for one tokenizer and
+    one set of settings; the template's turn headers are found once, not for every row."""
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        max_length: int,
+        train_on_responses_only: bool,
+        chat_template_kwargs: dict[str, Any],
+        row_format: str = "upstream",
+    ):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.train_on_responses_only = train_on_responses_only
+        self.chat_template_kwargs = chat_template_kwargs
+        self.upstream = row_format == "upstream"
+        # unsloth's mask needs the template's user and assistant headers.
+        self.parts = (
+            chat_parts(tokenizer, chat_template_kwargs)
+            if self.upstream and train_on_responses_only
+            else None
+        )
+
+    def __call__(self, messages: Sequence[dict[str, str]]) -> dict[str, list[int]]:
+        kwargs = self.chat_template_kwargs
+        if self.upstream:
+            text = upstream_text(messages, self.tokenizer, kwargs)
+        else:
+            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, **kwargs)
+        encoded = self.tokenizer(
+            text,
+            add_special_tokens=self.upstream,
+            return_offsets_mapping=True,
+            truncation=True,
+            max_length=self.max_length,
+        )
+        input_ids = encoded["input_ids"]
+        if not self.train_on_responses_only:
+            return {"input_ids": input_ids, "labels": list(input_ids)}
+        if self.parts is not None:
+            spans = response_spans(text, *self.parts)
+        else:
+            spans = clean_spans(messages, text, self.tokenizer, kwargs)
+        # A token the tokenizer added (the second BOS) has the empty span (0, 0): no loss.
+        labels = [
+            token if end > start and any(lo <= start < hi for lo, hi in spans) else -100
+            for token, (start, end) in zip(input_ids, encoded["offset_mapping"], strict=True)
+        ]
+        return {"input_ids": input_ids, "labels": labels}
 
 
 def tokenize_conversation(
-    messages: Sequence[dict[str, str]],
-    tokenizer,
-    *,
-    max_length: int,
-    train_on_responses_only: bool,
-    chat_template_kwargs: dict[str, Any],
-    row_format: str = "upstream",
+    messages: Sequence[dict[str, str]], tokenizer, **settings: Any
 ) -> dict[str, list[int]]:
-    """Token ids and labels (-100 where no loss is taken) for one conversation."""
-    render = upstream_row if row_format == "upstream" else clean_row
-    text, spans = render(messages, tokenizer, chat_template_kwargs)
-    encoded = tokenizer(
-        text,
-        add_special_tokens=row_format == "upstream",
-        return_offsets_mapping=True,
-        truncation=True,
-        max_length=max_length,
-    )
-    input_ids = encoded["input_ids"]
-    if not train_on_responses_only:
-        return {"input_ids": input_ids, "labels": list(input_ids)}
-    # A token the tokenizer added (the second BOS) has the empty span (0, 0): no loss.
-    labels = [
-        token if end > start and any(lo <= start < hi for lo, hi in spans) else -100
-        for token, (start, end) in zip(input_ids, encoded["offset_mapping"], strict=True)
-    ]
-    return {"input_ids": input_ids, "labels": labels}
+    """Token ids and labels for one conversation (`settings`: those of `RowTokenizer`)."""
+    return RowTokenizer(tokenizer, **settings)(messages)

@@ -60,6 +60,14 @@ class SummaryRun:
         """Runs of one group are compared pairwise: the name up to its last `/`."""
         return self.name.rsplit("/", 1)[0] if "/" in self.name else ""
 
+    def files(self) -> list[str]:
+        """Every judged CSV and log history this run's summary row reads."""
+        return [
+            str(path)
+            for value in (self.judged, self.log_history)
+            for path in (value.values() if isinstance(value, Mapping) else [value] if value else [])
+        ]
+
 
 @dataclass(frozen=True)
 class SummaryRow:

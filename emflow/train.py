@@ -14,15 +14,15 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from emflow.atomic import atomic_path, write_text_atomic
-from emflow.config import ExperimentConfig
+from emflow.config import ExperimentConfig, settings_from
 from emflow.data import read_chat_jsonl
 from emflow.errors import EmflowError
-from emflow.rows import ROW_FORMATS, tokenize_conversation
+from emflow.rows import ROW_FORMATS, RowTokenizer
 
 log = logging.getLogger("emflow.train")
 
@@ -47,9 +47,8 @@ class TrainSettings:
     def from_config(cls, section: dict[str, Any]) -> TrainSettings:
         """From the workflow config's `train` section (plus chat_template_kwargs), as the train
         rule's params carry it; workflow-only keys such as `threads` are left out."""
-        names = {f.name for f in fields(cls)}
-        settings = {k: v for k, v in section.items() if k in names}
-        return cls(**settings | {"report_to": tuple(settings.get("report_to", ()))})
+        settings = settings_from(cls, section)
+        return replace(settings, report_to=tuple(settings.report_to))
 
 
 def resolve_device(device: str) -> str:
@@ -66,19 +65,17 @@ def resolve_device(device: str) -> str:
 def check_model_compatibility(config: ExperimentConfig, source: str) -> None:
     """Fail before loading weights when the LoRA targets do not exist in the model.
 
-    Builds the model on the meta device from its config, which costs no memory or time.
+    The dry run's checks (emflow.preflight) again, now that the model's config is surely at
+    hand, then the target modules of any architecture, on a model built on the meta device
+    from its config (which costs no memory or time).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from emflow.preflight import check_model_fit
+
     model_config = AutoConfig.from_pretrained(config.model)
-    n_layers = getattr(model_config, "num_hidden_layers", None)
-    for index in config.layers_to_transform or []:
-        if n_layers is not None and index >= n_layers:
-            raise EmflowError(
-                f"{source}: layers_to_transform holds {index} but {config.model} has "
-                f"{n_layers} layers (0-{n_layers - 1}); use indices from 0 to {n_layers - 1}."
-            )
+    check_model_fit(config, model_config.to_dict(), source)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -364,18 +361,16 @@ def train_adapter(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
+    tokenize = RowTokenizer(
+        tokenizer,
+        max_length=config.max_seq_length,
+        train_on_responses_only=config.train_on_responses_only,
+        chat_template_kwargs=settings.chat_template_kwargs,
+        row_format=settings.row_format,
+    )
+
     def encode(batch: list[dict]) -> list[dict[str, list[int]]]:
-        return [
-            tokenize_conversation(
-                row["messages"],
-                tokenizer,
-                max_length=config.max_seq_length,
-                train_on_responses_only=config.train_on_responses_only,
-                chat_template_kwargs=settings.chat_template_kwargs,
-                row_format=settings.row_format,
-            )
-            for row in batch
-        ]
+        return [tokenize(row["messages"]) for row in batch]
 
     train_examples, eval_examples = encode(train_rows), encode(eval_rows)
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()

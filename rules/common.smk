@@ -50,8 +50,10 @@ try:
     EXPERIMENTS = discover_experiments(PATHS.experiments, config["experiments"])
     check_dataset_names(EXPERIMENTS, SOURCES, PATHS.experiments)
     # Whatever the files on disk can tell (model shape, data rows, question files), before any
-    # job runs: see emflow/preflight.py.
-    check_workflow(EXPERIMENTS, PATHS, SOURCES, config["generation"]["questions"])
+    # job runs: see emflow/preflight.py. Once, in the Snakemake process that plans the jobs:
+    # each job re-reads this file, and checks what it uses itself.
+    if workflow.is_main_process:
+        check_workflow(EXPERIMENTS, PATHS, SOURCES, config["generation"]["questions"])
 except EmflowError as err:
     sys.exit(f"emflow: {err}")
 
@@ -271,17 +273,10 @@ SUMMARY_RUNS = experiment_summary_runs(EXPERIMENTS, PATHS)
 
 
 def get_summary_inputs(wildcards):
-    judged = [r.judged for r in SUMMARY_RUNS]
-    histories = [r.log_history for r in SUMMARY_RUNS]
     return {
         "results": [PATHS.results_md(e) for e in EXPERIMENTS],
-        "finetuned": [
-            p for j in judged for p in (j.values() if isinstance(j, dict) else [j])
-        ],
+        "runs": [path for run in SUMMARY_RUNS for path in run.files()],
         "base": sorted({r.base_judged for r in SUMMARY_RUNS}),
-        "log_history": [
-            p for h in histories for p in (h.values() if isinstance(h, dict) else [h])
-        ],
         "reported": list(reported_results().values()),
     }
 
