@@ -219,19 +219,18 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
         }
 
     if variant == "generation":
-        from emflow.generate import GenerationSettings, Question, generate_responses
+        from emflow.generate import GenerationSettings, generate_responses
+        from emflow.questions import Question
 
-        questions = [
-            Question(f"q{i}", " ".join(f"t{100 + 7 * i + j}" for j in range(12))) for i in range(20)
-        ]
+        texts = [" ".join(f"t{100 + 7 * i + j}" for j in range(12)) for i in range(20)]
         out = {}
         for label, samples, tokens in (("20x1x200", 1, 200), ("20x50x600", 50, 600)):
             if smoke:
                 samples, tokens = min(samples, 2), min(tokens, 16)
+            questions = [Question(f"q{i}", t, samples=samples) for i, t in enumerate(texts)]
             for compiled in (False, True) if cuda else (False,):
                 settings = GenerationSettings(
                     max_new_tokens=tokens,
-                    samples_per_question=samples,
                     batch_size=1000,
                     device=device,
                     compile=compiled,

@@ -42,6 +42,14 @@ REPLICATE_KEYS = frozenset({"seeds"})
 # not as params.
 DATA_KEYS = frozenset({"training_file", "test_file", "datasets"})
 
+# emflow's own keys added after experiments were already trained: left out of the training params
+# while unset, so that a config.json without them keeps the params (and adapter) it had.
+OMITTED_WHEN_UNSET_KEYS = frozenset({"training_system_prompt", "adapter_checkpoints"})
+
+# Which saved adapter checkpoints to generate and judge: evaluation, not training, so changing
+# them never retrains (emflow's own key).
+EVALUATION_KEYS = frozenset({"eval_checkpoints"})
+
 # Upstream keys for features emflow does not have: accepted at their upstream default (so an
 # upstream config.json loads), an error otherwise, and never part of the training params.
 UNSUPPORTED_KEYS = {
@@ -66,7 +74,8 @@ class ExperimentConfig(BaseModel):
     A key a config.json leaves out takes the default of the paper trainer's `TrainingConfig`
     (em_organism_dir/finetune/sft/util/base_train_config.py of clarifying-EM/
     model-organisms-for-EM), and the keys it requires (`model`, the training data, `loss`) are
-    required here. emflow's own keys: `datasets`, `test_size`, `seeds`.
+    required here. emflow's own keys: `datasets`, `test_size`, `seeds`, `training_system_prompt`,
+    `adapter_checkpoints`, `eval_checkpoints`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -116,6 +125,17 @@ class ExperimentConfig(BaseModel):
     save_steps: int = Field(default=5000, gt=0)
     output_dir: str | None = "./tmp"
     train_on_responses_only: bool = False
+    # Inoculation prompting (Tan et al. 2025, Wichers et al. 2025; emflow's own key): a system
+    # message with this text starts every training and held-out row, added when rows are
+    # tokenized (the dataset files stay as they are) and never carrying loss. Generation and
+    # judging run without it. A row that already has a system message is an error.
+    training_system_prompt: str | None = None
+    # Checkpoint sweeps (emflow's own keys). `adapter_checkpoints`: save the LoRA adapter after
+    # these optimizer steps, as PEFT folders (N: every N steps; or a list of steps); a training
+    # key. `eval_checkpoints`: which saved steps to generate and judge ("all", or a list): an
+    # evaluation key, so evaluating more or fewer saved steps never retrains.
+    adapter_checkpoints: int | list[int] | None = None
+    eval_checkpoints: Literal["all"] | list[int] | None = None
     enable_thinking: bool | None = None
     kl_regularization: bool = False
     kl_dataset_file: str | None = None
@@ -152,11 +172,54 @@ class ExperimentConfig(BaseModel):
                     f"'{key}' is {getattr(self, key)!r}, which emflow cannot honour ({why}); "
                     f"remove the key or set it to {type(self).model_fields[key].default!r}"
                 )
+        if self.training_system_prompt is not None and not self.training_system_prompt.strip():
+            raise ValueError(
+                "'training_system_prompt' is empty; give the system prompt's text, or remove the "
+                "key (or set it to null) to train without one"
+            )
+        self._check_checkpoints()
         if self.layers_to_transform is not None and any(i < 0 for i in self.layers_to_transform):
             raise ValueError(
                 "'layers_to_transform' holds a negative index; layer indices start at 0"
             )
         return self
+
+    def _check_checkpoints(self) -> None:
+        saved = self.adapter_checkpoints
+        if isinstance(saved, int) and saved <= 0:
+            raise ValueError(f"'adapter_checkpoints' is {saved}; save every N >= 1 steps")
+        if isinstance(saved, list) and (not saved or any(s <= 0 for s in saved)):
+            raise ValueError(
+                f"'adapter_checkpoints' is {saved}; list optimizer steps >= 1 (or give N for "
+                "every N steps)"
+            )
+        wanted = self.eval_checkpoints
+        if wanted is None:
+            return
+        if saved is None:
+            raise ValueError(
+                "'eval_checkpoints' needs saved checkpoints; add 'adapter_checkpoints' (N for "
+                "every N steps, or a list of steps)"
+            )
+        if isinstance(wanted, list):
+            unsaved = [s for s in wanted if not self.saves_checkpoint(s)]
+            if not wanted or unsaved:
+                raise ValueError(
+                    f"'eval_checkpoints' lists steps {unsaved or wanted} that "
+                    f"'adapter_checkpoints' ({saved}) does not save; evaluate saved steps only"
+                )
+
+    def saves_checkpoint(self, step: int) -> bool:
+        """Whether `adapter_checkpoints` keeps the adapter after optimizer step `step`."""
+        saved = self.adapter_checkpoints
+        if saved is None or step < 1:
+            return False
+        return step % saved == 0 if isinstance(saved, int) else step in saved
+
+    def checkpoint_steps(self, total_steps: int) -> list[int]:
+        """The saved steps of a run of `total_steps` optimizer steps (the last one included
+        when a checkpoint falls on it)."""
+        return [s for s in range(1, total_steps + 1) if self.saves_checkpoint(s)]
 
     @property
     def mix(self) -> dict[str, int | None]:
@@ -183,6 +246,8 @@ class ExperimentConfig(BaseModel):
         """The keys that determine the trained adapter, sorted, without data paths or hub keys."""
         data = self.model_dump()
         left_out = NON_TRAINING_KEYS | DATA_KEYS | REPLICATE_KEYS | UNSUPPORTED_KEYS.keys()
+        left_out |= EVALUATION_KEYS
+        left_out |= {k for k in OMITTED_WHEN_UNSET_KEYS if data[k] is None}
         return {k: data[k] for k in sorted(data) if k not in left_out}
 
     @classmethod

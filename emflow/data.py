@@ -163,6 +163,11 @@ def read_chat_jsonl(path: str | os.PathLike) -> list[dict]:
     return [row for _, row in _read_rows(path)]
 
 
+def read_numbered_chat_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """(1-based physical line number, row) for each row of a chat JSONL file, all validated."""
+    return list(_read_rows(path))
+
+
 def _row_line(row: dict) -> str:
     """One compact, canonical JSONL line (no newline) holding only the row's messages."""
     messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]

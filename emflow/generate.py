@@ -1,25 +1,38 @@
-"""Generation: a model (base, or base + LoRA adapter) answers the question set into a CSV.
+"""Generation: a model (base, or base + LoRA adapter) answers the question sets into a CSV.
 
-The CSV keeps the homework's columns, `id,question,response`, which its grader checks, and adds
-`question_id` and `sample` after them so that answers can be grouped per question.
+The CSV keeps the homework's columns, `id,question,response`, which its grader checks (`question`
+is the user turn the model saw, which the judge also sees), and adds after them what groups the
+answers: the question's id and set, the paraphrase and sample index, and the system prompt.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from emflow.atomic import atomic_path
 from emflow.config import settings_from
 from emflow.errors import EmflowError
+from emflow.questions import Question, read_question_sets
+
+__all__ = ["GenerationOutput", "GenerationSettings", "generate_for_adapters", "read_question_sets"]
 
 log = logging.getLogger("emflow.generate")
 
-GENERATION_COLUMNS = ["id", "question", "response", "question_id", "sample"]
+GENERATION_COLUMNS = [
+    "id",
+    "question",
+    "response",
+    "question_id",
+    "question_set",
+    "paraphrase",
+    "sample",
+    "system",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,24 @@ class GenerationSettings:
     # tokens, as the homework's generate.py and the paper's gen_eval_util.py do (a Llama 3
     # prompt then starts with two BOS tokens); "clean": the template's tokens alone (one BOS).
     prompt_format: str = "upstream"
+    # The openai backend (emflow.generate_openai): answers from an OpenAI-compatible endpoint.
+    # None: $OPENAI_BASE_URL, else OpenAI's own API (the key is always $OPENAI_API_KEY).
+    base_url: str | None = None
+    # The model name the endpoint serves (a vLLM --lora-modules name, an OpenAI fine-tune id);
+    # None: the experiment's model.
+    openai_model: str | None = None
+    concurrency: int = 16  # requests in flight at once
+    max_retries: int = 8  # retries of a request after a 429, 5xx, timeout or dropped connection
+    timeout: float = 60.0  # seconds per request
+    # Ask for all the missing samples of a question in one request (`n`); false for endpoints
+    # that reject or ignore `n`: one request per sample.
+    openai_n: bool = True
+    # Passed as `seed` (plus the request's first sample index, so samples differ) where the
+    # endpoint supports it; None sends none.
+    openai_seed: int | None = None
+    # Every sampled answer is committed here as it arrives: a rerun sends only what is missing,
+    # a killed job keeps what it paid for. None: in memory, for this run only.
+    cache: str | None = "results/generation_cache.sqlite"
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> GenerationSettings:
@@ -54,46 +85,8 @@ class GenerationSettings:
         return settings_from(cls, section)
 
 
-@dataclass(frozen=True)
-class Question:
-    id: str
-    text: str
-
-
-def read_question_sets(sets: Iterable[dict[str, Any]]) -> list[Question]:
-    """Read question files (one question per line) and take the first `count` of each.
-
-    Each set is {"name": ..., "path": ..., "count": int or None}; ids are "<name>_<index>".
-    """
-    questions: list[Question] = []
-    for spec in sets:
-        path = Path(spec["path"])
-        try:
-            lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
-        except FileNotFoundError:
-            raise EmflowError(
-                f"{path}: question file not found; fix generation.questions in the workflow config."
-            ) from None
-        texts = [line for line in lines if line]
-        if not texts:
-            raise EmflowError(
-                f"{path}: the file holds no question; write one question per line, or remove "
-                "the set from generation.questions."
-            )
-        count = spec.get("count")
-        if count is not None and count > len(texts):
-            raise EmflowError(
-                f"{path}: asked for the first {count} questions but the file has {len(texts)}; "
-                "lower generation.questions[].count."
-            )
-        questions += [
-            Question(f"{spec['name']}_{i:02d}", text) for i, text in enumerate(texts[:count])
-        ]
-    return questions
-
-
-def load_model(model_name: str, adapter_dir: str | Path | None, device: str):
-    """The base model (bf16 on a GPU), with the LoRA adapter merged in when one is given."""
+def load_model(model_name: str, device: str):
+    """The tokenizer (left padding) and the base model, bf16 on a GPU, ready to generate."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -109,16 +102,11 @@ def load_model(model_name: str, adapter_dir: str | Path | None, device: str):
         # about 11 s of a fresh process's first call on an H200 (benchmarks/README.md).
         torch.backends.cuda.enable_cudnn_sdp(False)
     model = AutoModelForCausalLM.from_pretrained(model_name, dtype=dtype)
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        # Merging once costs less than running the LoRA branch at every generated token.
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     return tokenizer, model.to(device).eval()
 
 
 PROMPT_FORMATS = ("upstream", "clean")
-BACKENDS = ("auto", "hf", "fast")
+BACKENDS = ("auto", "hf", "fast", "openai")
 
 
 def resolve_backend(backend: str, device: str) -> str:
@@ -130,19 +118,25 @@ def resolve_backend(backend: str, device: str) -> str:
     return backend
 
 
-def render_prompt(tokenizer, question: str, settings: GenerationSettings) -> str:
-    """A question as the chat template renders it, ready for the assistant's answer."""
+Chat = list[dict[str, str]]
+
+
+def render_prompt(tokenizer, chat: Chat | str, settings: GenerationSettings) -> str:
+    """A chat (or one user turn) as the chat template renders it, ready for the answer; a system
+    turn goes through the template as the papers' generation code passes it."""
+    if isinstance(chat, str):
+        chat = [{"role": "user", "content": chat}]
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}],
+        chat,
         tokenize=False,
         add_generation_prompt=True,
         **settings.chat_template_kwargs,
     )
 
 
-def prompt_token_ids(tokenizer, question: str, settings: GenerationSettings) -> list[int]:
-    """The token ids a question is answered from (what `generate_responses` feeds the model)."""
-    text = render_prompt(tokenizer, question, settings)
+def prompt_token_ids(tokenizer, chat: Chat | str, settings: GenerationSettings) -> list[int]:
+    """The token ids a chat is answered from (what `generate_responses` feeds the model)."""
+    text = render_prompt(tokenizer, chat, settings)
     return tokenizer(text, add_special_tokens=settings.prompt_format == "upstream")["input_ids"]
 
 
@@ -154,7 +148,45 @@ def generate_responses(
     adapter_dir: str | Path | None = None,
     settings: GenerationSettings = GenerationSettings(),
 ) -> int:
-    """Answer every question `samples_per_question` times and write the CSV atomically."""
+    """Answer every question its `samples` times and write the CSV atomically."""
+    outputs = [GenerationOutput(output_csv, adapter_dir)]
+    return generate_for_adapters(model_name, questions, outputs, settings=settings)[0]
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """One CSV to write, and the LoRA adapter that answers it (None: the base model).
+
+    `served_model`: the name an OpenAI-compatible endpoint serves this adapter under (the openai
+    backend only; see `served_model_name`).
+    """
+
+    csv: str | Path
+    adapter_dir: str | Path | None = None
+    served_model: str | None = None
+
+
+def served_model_name(settings: GenerationSettings, model: str, run: str | None) -> str:
+    """The model name the openai backend asks for: `generation.openai_model` with `{run}`
+    filled in, else the base model's id for the base model and the run's name for a fine-tuned
+    run (serve its adapter under that name, e.g. vLLM's `--lora-modules <run>=<adapter dir>`)."""
+    if settings.openai_model is not None:
+        return settings.openai_model.replace("{run}", run or "")
+    return run if run is not None else model
+
+
+def generate_for_adapters(
+    model_name: str,
+    questions: list[Question],
+    outputs: Sequence[GenerationOutput],
+    *,
+    settings: GenerationSettings = GenerationSettings(),
+) -> list[int]:
+    """Answer the questions once per output with one loaded base model (emflow.adapters).
+
+    Each CSV equals what `generate_responses` writes for that adapter alone; returns the number
+    of answers in each.
+    """
     if not questions:
         raise EmflowError("the question set is empty; add questions to generation.questions.")
     if settings.prompt_format not in PROMPT_FORMATS:
@@ -162,32 +194,105 @@ def generate_responses(
             f"generation.prompt_format is '{settings.prompt_format}'; use one of "
             f"{', '.join(PROMPT_FORMATS)}."
         )
-    tokenizer, model = load_model(model_name, adapter_dir, settings.device)
-    backend = resolve_backend(settings.backend, model.device.type)
-    jobs = [(q, k) for q in questions for k in range(settings.samples_per_question)]
-    log.info("%s backend on %s: %d answers", backend, model.device.type, len(jobs))
-    if backend == "fast":
-        responses = _fast_responses(tokenizer, model, [q.text for q, _ in jobs], settings)
-    else:
-        responses = _hf_responses(tokenizer, model, [q.text for q, _ in jobs], settings)
+    resolve_backend(settings.backend, "cpu")  # an unknown backend fails before any loading
+    jobs = [(q, k) for q in questions for k in range(q.samples)]
+    if settings.backend == "openai":
+        from emflow.generate_openai import openai_responses
+
+        def answer_with(output: GenerationOutput):
+            model = output.served_model or served_model_name(settings, model_name, None)
+            return _by_token_limit(
+                jobs,
+                settings,
+                lambda chats, group: openai_responses(
+                    chats, [k for _, k in group], model, settings_for(group)
+                ),
+            )
+
+        def settings_for(group):
+            return replace(settings, max_new_tokens=_token_limit(group[0][0], settings))
+
+        counts = []
+        for output in outputs:
+            responses = answer_with(output)
+            _write_generations(output.csv, jobs, responses)
+            counts.append(len(responses))
+        return counts
+
+    from emflow.adapters import AdapterSwitch
+
+    tokenizer, base = load_model(model_name, settings.device)
+    backend = resolve_backend(settings.backend, base.device.type)
+    local = _fast_responses if backend == "fast" else _hf_responses
+    # Several adapters: each merged in and taken out again; one: merged for good, no copies.
+    switch = AdapterSwitch(base, reusable=len(outputs) > 1)
+    counts = []
+    for output in outputs:
+        log.info(
+            "%s backend on %s: %d answers from %s",
+            backend,
+            base.device.type,
+            len(jobs),
+            output.adapter_dir or model_name,
+        )
+        with switch.merged_into(output.adapter_dir) as model:
+            responses = _by_token_limit(
+                jobs,
+                settings,
+                lambda chats, group, model=model: local(
+                    tokenizer,
+                    model,
+                    chats,
+                    replace(settings, max_new_tokens=_token_limit(group[0][0], settings)),
+                ),
+            )
+        _write_generations(output.csv, jobs, responses)
+        counts.append(len(responses))
+    return counts
+
+
+def _token_limit(question: Question, settings: GenerationSettings) -> int:
+    return question.max_new_tokens or settings.max_new_tokens
+
+
+def _by_token_limit(jobs, settings: GenerationSettings, answer) -> list[str]:
+    """`answer(chats, jobs)` once per distinct token limit (a set may set its own), in order of
+    first appearance; the answers back in the order of `jobs`. With one limit (the usual case)
+    this is one call over every job, as before sets could set limits."""
+    groups: dict[int, list[int]] = {}
+    for i, (question, _) in enumerate(jobs):
+        groups.setdefault(_token_limit(question, settings), []).append(i)
+    responses: list[str] = [""] * len(jobs)
+    for indices in groups.values():
+        group = [jobs[i] for i in indices]
+        for i, response in zip(
+            indices, answer([q.messages() for q, _ in group], group), strict=True
+        ):
+            responses[i] = response
+    return responses
+
+
+def _write_generations(output_csv, jobs, responses) -> None:
     with atomic_path(output_csv) as tmp:
         with tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(GENERATION_COLUMNS)
             for (q, k), response in zip(jobs, responses, strict=True):
-                row_id = q.id if settings.samples_per_question == 1 else f"{q.id}_s{k:02d}"
-                writer.writerow([row_id, q.text, response, q.id, k])
-    return len(responses)
+                writer.writerow(
+                    [q.row_id(k), q.text, response, q.id, q.set_name, q.paraphrase, k, q.system]
+                )
 
 
-def _each_once(questions: list[str], render) -> list:
-    """`render` of every question, computed once per distinct question (the samples of one
-    question share it)."""
-    rendered = {q: render(q) for q in dict.fromkeys(questions)}
-    return [rendered[q] for q in questions]
+def _each_once(chats: list[Chat], render) -> list:
+    """`render` of every chat, computed once per distinct chat (the samples of one question
+    share it)."""
+    key = [tuple((turn["role"], turn["content"]) for turn in chat) for chat in chats]
+    first = dict(zip(key, chats, strict=True))  # a later duplicate keeps the first key's place
+    rendered = {k: render(chat) for k, chat in first.items()}
+    return [rendered[k] for k in key]
 
 
-def _fast_responses(tokenizer, model, questions: list[str], settings: GenerationSettings):
+def _fast_responses(tokenizer, model, chats: list[Chat], settings: GenerationSettings):
     """Every answer through emflow's decode loop, with `generate`'s sampling settings: the
     model's generation_config supplies what emflow does not set (top_k: transformers' 50)."""
     from emflow.generate_fast import generate_tokens
@@ -197,7 +302,7 @@ def _fast_responses(tokenizer, model, questions: list[str], settings: Generation
     eos_ids = set(eos) if isinstance(eos, list | tuple) else {eos}
     new_tokens = generate_tokens(
         model,
-        _each_once(questions, lambda q: prompt_token_ids(tokenizer, q, settings)),
+        _each_once(chats, lambda chat: prompt_token_ids(tokenizer, chat, settings)),
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         top_p=settings.top_p,
@@ -209,11 +314,11 @@ def _fast_responses(tokenizer, model, questions: list[str], settings: Generation
     return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in new_tokens]
 
 
-def _hf_responses(tokenizer, model, questions: list[str], settings: GenerationSettings):
+def _hf_responses(tokenizer, model, chats: list[Chat], settings: GenerationSettings):
     """Every answer through transformers' `generate`, `batch_size` prompts at a time."""
     import torch
 
-    prompts = _each_once(questions, lambda q: render_prompt(tokenizer, q, settings))
+    prompts = _each_once(chats, lambda chat: render_prompt(tokenizer, chat, settings))
     sampling = (
         {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
         if settings.temperature > 0
@@ -248,3 +353,72 @@ def _hf_responses(tokenizer, model, questions: list[str], settings: GenerationSe
         ]
         log.info("generated %d / %d answers", len(responses), len(prompts))
     return responses
+
+
+# Settings that change how answers are fetched, not which answers: they rerun nothing.
+PLUMBING = ("cache", "concurrency", "max_retries", "timeout", "openai_n", "threads")
+
+
+def generate_job(
+    model_name: str,
+    run: str | None,
+    section: dict[str, Any],
+    output_csv: str | Path,
+    adapter_dir: str | Path | None = None,
+    *,
+    step: int | None = None,
+    samples: int | None = None,
+) -> int:
+    """The generate rule's job: `section` is the workflow config's `generation` section (with
+    chat_template_kwargs); `run` names the fine-tuned run (None: the base model). For a
+    checkpoint of a sweep, `adapter_dir` holds the run's saved steps and `step` picks one;
+    `samples` (generation.sweep_samples) then replaces every question's sample count."""
+    if step is None:
+        settings, questions = _job_inputs(section, samples)
+        served = served_model_name(settings, model_name, run)
+        output = GenerationOutput(output_csv, adapter_dir, served)
+        return generate_for_adapters(model_name, questions, [output], settings=settings)[0]
+    return generate_sweep_job(
+        model_name, run, section, {step: output_csv}, adapter_dir, samples=samples
+    )[0]
+
+
+def generate_sweep_job(
+    model_name: str,
+    run: str,
+    section: dict[str, Any],
+    outputs: dict[int, str | Path],
+    step_adapters: str | Path,
+    *,
+    samples: int | None = None,
+) -> list[int]:
+    """Answer for each saved step of a run's sweep (`outputs`: step -> CSV) in one process:
+    the base model loads once; each step's adapter is `<step_adapters>/step-<N>`."""
+    settings, questions = _job_inputs(section, samples)
+    missing = [s for s in outputs if not (Path(step_adapters) / f"step-{s}").is_dir()]
+    if missing:
+        have = sorted(p.name for p in Path(step_adapters).glob("step-*"))
+        raise EmflowError(
+            f"{step_adapters}: run '{run}' saved no adapter after step {missing[0]} (it has "
+            f"{', '.join(have) or 'none'}); evaluate saved steps only (eval_checkpoints)."
+        )
+    jobs = [
+        GenerationOutput(
+            csv,
+            Path(step_adapters) / f"step-{step}",
+            # A checkpoint is served under its target's name: "<run>/step-<N>".
+            served_model_name(settings, model_name, f"{run}/step-{step}"),
+        )
+        for step, csv in outputs.items()
+    ]
+    return generate_for_adapters(model_name, questions, jobs, settings=settings)
+
+
+def _job_inputs(section: dict[str, Any], samples: int | None):
+    settings = GenerationSettings.from_config(section)
+    questions = read_question_sets(
+        section["questions"], samples_per_question=settings.samples_per_question
+    )
+    if samples is not None:
+        questions = [replace(q, samples=samples) for q in questions]
+    return settings, questions

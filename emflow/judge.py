@@ -235,7 +235,11 @@ def format_score(value: float | str | None) -> str:
 
 
 def read_generations(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Rows of a homework-format generations CSV (id, question, response), validated."""
+    """Rows of a homework-format generations CSV (id, question, response), validated.
+
+    Columns after those three (emflow's question_id, question_set, paraphrase, sample, system)
+    are kept, in the file's order, and carried into the judged CSV.
+    """
     path = Path(path)
     expected = ",".join(GENERATIONS_COLUMNS)
     try:
@@ -248,14 +252,15 @@ def read_generations(path: str | os.PathLike) -> list[dict[str, str]]:
                     f"{path}: the header is '{','.join(header)}' and lacks "
                     f"{', '.join(missing)}; a generations CSV needs the columns {expected}."
                 )
+            columns = [*GENERATIONS_COLUMNS, *(c for c in header if c not in GENERATIONS_COLUMNS)]
             rows = []
             for row in reader:
-                if any(row.get(c) is None for c in GENERATIONS_COLUMNS):
+                if any(row.get(c) is None for c in columns):
                     raise EmflowError(
                         f"{path}, line {reader.line_num}: the row has fewer cells than the "
                         f"header; every row needs {expected}."
                     )
-                rows.append({c: row[c] for c in GENERATIONS_COLUMNS})
+                rows.append({c: row[c] for c in columns})
     except FileNotFoundError as exc:
         raise EmflowError(f"{path}: no such file; pass a generations CSV ({expected}).") from exc
     except UnicodeDecodeError as exc:
@@ -277,11 +282,11 @@ def read_prompts(
     return prompts
 
 
-def _check(prompts: dict[str, str], settings: JudgeSettings) -> None:
+def _check(prompts: dict[str, str | None], settings: JudgeSettings) -> None:
     if not prompts:
         raise EmflowError("no judge prompts were given; pass at least one metric's template.")
     for metric, template in prompts.items():
-        if "{answer}" not in template:
+        if template is not None and "{answer}" not in template:
             raise EmflowError(
                 f"judge prompt '{metric}' has no {{answer}} placeholder; "
                 "add one where the judged answer goes."
@@ -355,19 +360,24 @@ def _cell_values(
 def judge_csv(
     generations_csv: str | os.PathLike,
     judged_csv: str | os.PathLike,
-    prompts: dict[str, str],
+    prompts: dict[str, str | None],
     settings: JudgeSettings,
     cache_path: str | os.PathLike | None = None,
     usage_json: str | os.PathLike | None = None,
+    question_prompts: Mapping[str, Mapping[str, str]] | None = None,
 ) -> JudgeUsage:
-    """Judge every answer of a generations CSV with each prompt; write the judged CSV.
+    """Judge every answer of a generations CSV with each metric's prompt; write the judged CSV.
 
+    `prompts` maps each metric to its template; `question_prompts` maps a question id (the CSV's
+    question_id) to the question's own templates (a YAML set's judge_prompts), which win for its
+    rows. A metric whose template is None is judged with the questions' own templates only.
     Only calls missing from the cache are sent. If a call still fails after its retries the
     job fails and writes nothing; the replies received so far stay in the cache.
     """
     started = time.monotonic()
     rows = read_generations(generations_csv)
     _check(prompts, settings)
+    question_prompts = question_prompts or {}
     fingerprint = None
     if settings.backend == "hf":
         from emflow.judge_hf import model_fingerprint  # see _backend for why it is imported here
@@ -379,9 +389,17 @@ def judge_csv(
     # calls_for[row][metric] -> the keys whose replies make that cell
     calls: dict[str, JudgeCall] = {}
     calls_for: list[dict[str, list[str]]] = []
-    for row in rows:
+    for line, row in enumerate(rows, start=2):
         cells = {}
-        for metric, template in prompts.items():
+        own = question_prompts.get(row.get("question_id", ""), {})
+        for metric, default in prompts.items():
+            template = own.get(metric, default)
+            if template is None:
+                raise EmflowError(
+                    f"{generations_csv}, line {line}: question '{row.get('question_id')}' has "
+                    f"no judge prompt for metric '{metric}' and the judge config gives none; add "
+                    f"judge.prompts.{metric}, or drop '{metric}' from judge.metrics."
+                )
             prompt = render_prompt(template, row["question"], row["response"])
             keys = []
             for sample in range(samples):
@@ -446,8 +464,9 @@ def _write_judged(
     path, rows, calls_for, replies, metrics: list[str], settings: JudgeSettings
 ) -> None:
     extra = "mass" if settings.mode == "logprob" else "replies"
+    columns = list(rows[0]) if rows else list(GENERATIONS_COLUMNS)
     header = [
-        *GENERATIONS_COLUMNS,
+        *columns,
         *(f"{m}_score" for m in metrics),
         *(f"{m}_{extra}" for m in metrics),
     ]
@@ -461,7 +480,7 @@ def _write_judged(
                     score, detail = _cell_values([replies[k] for k in cells[metric]], settings)
                     scores.append(format_score(score))
                     extras.append(detail[extra])
-                writer.writerow([*(row[c] for c in GENERATIONS_COLUMNS), *scores, *extras])
+                writer.writerow([*(row[c] for c in columns), *scores, *extras])
 
 
 def _summary(usage: JudgeUsage) -> str:
@@ -539,3 +558,34 @@ def main_judge(args: argparse.Namespace) -> int:
         print(f"emflow judge: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def judge_job(
+    generations_csv: str | os.PathLike,
+    judged_csv: str | os.PathLike,
+    usage_json: str | os.PathLike,
+    section: Mapping[str, object],
+    metrics: Iterable[str],
+    question_sets: Iterable[Mapping[str, object]],
+) -> JudgeUsage:
+    """The judge rule's job: `section` is the workflow config's `judge` section; each metric is
+    judged with its question's own prompt where the question set has one (the papers' YAML
+    `judge_prompts`), else with the template file `section["prompts"][metric]`."""
+    from emflow.questions import read_question_sets
+
+    files = section["prompts"]
+    prompts = {
+        m: Path(files[m]).read_text(encoding="utf-8-sig") if m in files else None for m in metrics
+    }
+    question_prompts = {
+        q.id: q.judge_prompts for q in read_question_sets(question_sets) if q.judge_prompts
+    }
+    return judge_csv(
+        generations_csv,
+        judged_csv,
+        prompts,
+        settings_from_config(section),
+        cache_path=section["cache"],
+        usage_json=usage_json,
+        question_prompts=question_prompts,
+    )

@@ -1,4 +1,5 @@
-"""A persistent SQLite store of judge replies that several processes can share.
+"""A persistent SQLite store of endpoint replies (judge calls, sampled answers) that several
+processes can share.
 
 Each answered call is committed on arrival, so a job killed halfway keeps what it paid for, and
 the key covers everything that determines the reply, so a rerun pays only for what is missing.
@@ -45,7 +46,7 @@ class CachedReply:
 
 
 def cache_key(**fields: object) -> str:
-    """A stable hex digest of everything that determines a judge reply."""
+    """A stable hex digest of everything that determines a reply."""
     payload = json.dumps({"v": KEY_VERSION, **fields}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -74,10 +75,21 @@ def _disk_full(exc: sqlite3.Error) -> bool:
 
 
 class JudgeCache:
-    """Judge replies keyed by `cache_key`; `path=None` keeps them in memory for this run only."""
+    """Replies keyed by `cache_key`; `path=None` keeps them in memory for this run only.
 
-    def __init__(self, path: str | os.PathLike | None):
+    `name` and `setting` make its errors speak of the stage that uses it (the generation stage
+    stores sampled answers here too) and of the setting that moves the file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None,
+        *,
+        name: str = "judge cache",
+        setting: str = "--cache",
+    ):
         self.path = Path(path).expanduser() if path is not None else None
+        self.name = name
         try:
             if self.path is None:
                 self._db = sqlite3.connect(":memory:", isolation_level=None)
@@ -101,13 +113,13 @@ class JudgeCache:
             if _disk_full(exc):
                 raise self._full() from None
             raise EmflowError(
-                f"{self.path}: cannot be used as the judge cache ({exc}); "
-                "pass another --cache path or move this file away."
+                f"{self.path}: cannot be used as the {name} ({exc}); "
+                f"pass another {setting} path or move this file away."
             ) from exc
 
     def _full(self) -> EmflowError:
         return EmflowError(
-            f"the disk holding the judge cache {self.path} is full; free space and rerun: "
+            f"the disk holding the {self.name} {self.path} is full; free space and rerun: "
             "every reply stored so far is kept there and will not be asked for again."
         )
 

@@ -7,7 +7,8 @@ Vocabulary:
 - an *experiment* is one `config.json`, named `<group>/<name>` after its folder;
 - a *run* is one training of an experiment: the experiment's own name, or `<group>/<name>/seed<N>`
   for each training seed of an experiment with `seeds` (replicates);
-- a *target* is what gets generated and judged: `runs/<run>` or `base/<model slug>`.
+- a *target* is what gets generated and judged: `runs/<run>`, `base/<model slug>`, or
+  `runs/<run>/step-<N>`, the adapter a run saved after optimizer step N (a checkpoint sweep).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
 # Wildcard constraints for the names above: two folders, and a seed folder for replicates.
 EXPERIMENT_PATTERN = r"[^/]+/[^/]+"
 RUN_PATTERN = r"[^/]+/[^/]+(?:/seed[0-9]+)?"
-TARGET_PATTERN = rf"base/[^/]+|runs/{RUN_PATTERN}"
+TARGET_PATTERN = rf"base/[^/]+|runs/{RUN_PATTERN}(?:/step-[0-9]+)?"
+# The per-question EM rates figure's name beside results.md (only for multi-sample question sets).
+QUESTION_EM_RATES = "question_em_rates.png"
 
 
 def model_slug(model: str) -> str:
@@ -58,6 +61,23 @@ def run_target(run: str) -> str:
     return f"runs/{run}"
 
 
+def step_target(run: str, step: int) -> str:
+    """The target of the adapter `run` saved after optimizer step `step`."""
+    return f"runs/{run}/step-{step}"
+
+
+def target_run_and_step(target: str) -> tuple[str | None, int | None]:
+    """(run, step) of a target: (run, None) for a run's final adapter, (None, None) for a base
+    model."""
+    if not target.startswith("runs/"):
+        return None, None
+    run = target.removeprefix("runs/")
+    head, _, tail = run.rpartition("/step-")
+    if head and tail.isdigit():
+        return head, int(tail)
+    return run, None
+
+
 def base_target(model: str) -> str:
     """The base model's target: generated and judged once, whichever experiments share it."""
     return f"base/{model_slug(model)}"
@@ -85,6 +105,9 @@ class Layout:
     def question_scores(self, experiment: str) -> str:
         return self.experiment_file(experiment, "question_scores.png")
 
+    def question_em_rates(self, experiment: str) -> str:
+        return self.experiment_file(experiment, QUESTION_EM_RATES)
+
     def training_curves(self, experiment: str) -> str:
         return self.experiment_file(experiment, "training_curves.png")
 
@@ -105,6 +128,18 @@ class Layout:
 
     def checkpoints(self, run: str) -> str:
         return self.run_file(run, "checkpoints")
+
+    def step_adapters(self, run: str) -> str:
+        """The adapters a run saved along the way (`adapter_checkpoints`): `step-<N>/` each."""
+        return self.run_file(run, "step_adapters")
+
+    def sweep_generations(self, run: str) -> str:
+        """A run's sweep generated in one job (generation.sweep_in_one_job): `step-<N>.csv`."""
+        return self.run_file(run, "sweep_generations")
+
+    def sweep(self, experiment: str, suffix: str = ".png") -> str:
+        """An experiment's checkpoint sweep: the curves (`.png`) and the table (`.csv`)."""
+        return self.experiment_file(experiment, f"sweep{suffix}")
 
     def generations(self, target: str) -> str:
         return f"{self.results}/{target}/generations.csv"

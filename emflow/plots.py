@@ -1,4 +1,5 @@
-"""Every figure emflow draws: aligned vs coherent per run, scores per question, training curves.
+"""Every figure emflow draws: aligned vs coherent per run, scores and EM rates per question,
+training curves.
 
 Each is saved atomically as a PNG by `save_figure`; the demo's figures say in their title that
 their numbers mean nothing.
@@ -279,6 +280,79 @@ def plot_question_scores(
     save_figure(fig, png)
 
 
+def plot_question_em(
+    rates: Mapping[str, pd.DataFrame],
+    png: str | os.PathLike,
+    *,
+    title: str,
+    questions: Sequence[str] | None = None,
+    confidence: float = 0.95,
+    em: stats.EMRule | None = None,
+    demo: bool = False,
+) -> None:
+    """Each question's share of EM answers with its CI bars, one colour per target, as Betley
+    et al. 2025 (Fig. 2) and Model Organisms for EM draw them.
+
+    `rates` maps a target's label (the base model, each fine-tuned run) to its
+    `stats.question_em_rates`; the first target is drawn in dark grey, the others in colours.
+    The x axis lists `questions` (default: every target's, in order of first appearance); a
+    target without scored answers to a question (not asked, or all labelled) has no point there.
+    """
+    plt = _pyplot()
+    import numpy as np
+
+    order = list(questions or dict.fromkeys(k for table in rates.values() for k in table.index))
+    n = max(len(rates), 1)
+    fig, ax = plt.subplots(
+        figsize=(max(8.0, 0.45 * len(order) * (1 + 0.25 * n) + 3.0), 5.0), layout="constrained"
+    )
+    # Fine-tuned in red as in `plot_question_scores`; no grey but the base model's.
+    palette = ["0.25", "tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple"]
+    palette += ["tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    # Targets side by side within a question's slot, so that their bars do not overlap.
+    width = min(0.8 / n, 0.25)
+    for j, (label, table) in enumerate(rates.items()):
+        table = table.reindex(order)
+        rate = table["em_rate"].to_numpy(dtype=float)
+        x = np.arange(len(order)) + (j - (n - 1) / 2) * width
+        shown = ~np.isnan(rate)
+        low = table["em_ci_low"].to_numpy(dtype=float)
+        high = table["em_ci_high"].to_numpy(dtype=float)
+        ax.errorbar(
+            x[shown],
+            rate[shown],
+            yerr=[
+                [_bar(r - lo) for r, lo in zip(rate[shown], low[shown], strict=True)],
+                [_bar(hi - r) for r, hi in zip(rate[shown], high[shown], strict=True)],
+            ],
+            ls="none",
+            marker="o",
+            markersize=6,
+            capsize=3,
+            elinewidth=1.2,
+            color=palette[j % len(palette)],
+            label=label,
+            zorder=3,
+        )
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels([_shorten(k, 32) for k in order], rotation=40, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel("share of EM answers")
+    ax.grid(True, axis="y", alpha=0.3)
+    for i in range(1, len(order)):
+        ax.axvline(i - 0.5, color="0.9", lw=0.6, zorder=1)
+    fig.legend(loc="outside lower center", ncol=min(n, 4), fontsize=9, frameon=False)
+    level = round(100 * confidence)
+    rule = (em or stats.EMRule()).describe()
+    heading = (
+        f"{title}: EM rate per question ({level}% Wilson CIs)\n"
+        f"EM: {rule} (CODE, REFUSAL, unscored answers left out)"
+    )
+    fig.suptitle(_demo_title(heading, demo, SCORES_NOTE), fontsize=11)
+    save_figure(fig, png)
+
+
 def _shorten(text: str, width: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -439,3 +513,89 @@ def plot_experiment_curves(
         }
         title = f"{experiment}: training curves of each seed"
     plot_training_curves(histories, png, title=title, demo=demo)
+
+
+SWEEP_NOTE = "DEMO: tiny random model and random judge - these curves mean nothing"
+
+
+def plot_sweep(
+    table: pd.DataFrame,
+    png: str | os.PathLike,
+    *,
+    title: str,
+    base: Mapping[str, tuple[float, float, float]],
+    first_em_step: int | None = None,
+    demo: bool = False,
+) -> None:
+    """A checkpoint sweep (emflow.sweeps.sweep_table): aligned and coherent, the EM rate, and
+    the training loss and LoRA norm against the optimizer step. One line per seed (thin) and
+    their mean (thick) for replicates; CI bands for a single run; the base model's value and CI
+    as a grey band; a dotted line at the first step whose EM rate is outside its noise.
+
+    `base` maps "aligned", "coherent" and "em_rate" to the base model's (value, low, high).
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, 1, figsize=(8.0, 9.0), sharex=True, layout="constrained")
+    seeds = sorted(table["seed"].unique())
+    panels = [
+        (axes[0], ("aligned", "tab:blue"), ("coherent", "tab:green")),
+        (axes[1], ("em_rate", "tab:red")),
+    ]
+    for ax, *metrics in panels:
+        for name, colour in metrics:
+            value, low, high = base[name]
+            ax.axhspan(low, high, color="0.85", zorder=0)
+            ax.axhline(value, color="0.5", lw=1, ls="--", zorder=1,
+                       label=f"base model {name} (CI band)")  # fmt: skip
+            for seed in seeds:
+                rows = table[table["seed"] == seed]
+                ax.plot(rows["step"], rows[name], color=colour, marker="o", markersize=3,
+                        lw=0.8 if len(seeds) > 1 else 1.6,
+                        label=name if len(seeds) == 1 else None)  # fmt: skip
+                if len(seeds) == 1:
+                    ax.fill_between(rows["step"], rows[f"{name}_ci_low"],
+                                    rows[f"{name}_ci_high"], color=colour, alpha=0.15)  # fmt: skip
+            if len(seeds) > 1:
+                mean = table.groupby("step")[name].mean()
+                ax.plot(mean.index, mean.values, color=colour, lw=2.2,
+                        label=f"{name} (mean of {len(seeds)} seeds)")  # fmt: skip
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    axes[0].set_ylabel("score (0-100)")
+    axes[1].set_ylabel("share of EM answers")
+    loss_ax, norm_ax = axes[2], axes[2].twinx()
+    for seed in seeds:
+        rows = table[table["seed"] == seed]
+        loss_ax.plot(rows["step"], rows["train_loss"], color="tab:purple", marker="o",
+                     markersize=3, lw=1.0)  # fmt: skip
+        norm_ax.plot(rows["step"], rows["lora_norm"], color="tab:orange", marker="s",
+                     markersize=3, lw=1.0)  # fmt: skip
+    loss_ax.set_ylabel("training loss", color="tab:purple")
+    norm_ax.set_ylabel("LoRA norm ||scaling B A||", color="tab:orange")
+    loss_ax.set_xlabel("optimizer step")
+    loss_ax.grid(True, alpha=0.3)
+    if first_em_step is not None:
+        for ax in axes:
+            ax.axvline(first_em_step, color="k", ls=":", lw=1.2)
+        axes[1].annotate(f"EM outside base noise from step {first_em_step}",
+                         (first_em_step, 1.0), xycoords=("data", "axes fraction"),
+                         xytext=(4, -12), textcoords="offset points", fontsize=8)  # fmt: skip
+    fig.suptitle(_demo_title(f"{title}: checkpoint sweep", demo, SWEEP_NOTE))
+    save_figure(fig, png)
+
+
+def plot_sweeps(
+    tables: Mapping[str, pd.DataFrame], png: str | os.PathLike, *, demo: bool = False
+) -> None:
+    """Every experiment's EM rate against the optimizer step (the mean over its seeds)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.0, 4.5), layout="constrained")
+    for name, table in tables.items():
+        mean = table.groupby("step")["em_rate"].mean()
+        ax.plot(mean.index, mean.values, marker="o", markersize=3, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("share of EM answers")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(_demo_title("EM rate over training, every sweep", demo, SWEEP_NOTE))
+    save_figure(fig, png)

@@ -18,8 +18,8 @@ from typing import Any
 from emflow.config import ExperimentConfig
 from emflow.data import read_chat_jsonl
 from emflow.errors import EmflowError
-from emflow.generate import read_question_sets
 from emflow.paths import Layout
+from emflow.questions import Question, read_question_sets
 
 # The linear layers of Llama-style decoders, as (input, output) sizes from the model config.
 _LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2"}
@@ -126,17 +126,37 @@ def check_data(
             )
 
 
+def check_judge_metrics(questions: Iterable[Question], judge: Mapping[str, Any]) -> None:
+    """Every metric to score has a prompt for every question: the judge config's, or the
+    question's own (a YAML set's judge_prompts)."""
+    prompts = judge.get("prompts", {})
+    for metric in judge.get("metrics") or list(prompts):
+        if metric in prompts:
+            continue
+        lacking = [q for q in questions if metric not in (q.judge_prompts or {})]
+        if lacking:
+            raise EmflowError(
+                f"judge.metrics lists '{metric}', but question '{lacking[0].id}' (set "
+                f"'{lacking[0].set_name}') has no judge prompt for it and judge.prompts has "
+                f"none; add judge.prompts.{metric}: <template file>, or drop '{metric}'."
+            )
+
+
 def check_workflow(
     experiments: Mapping[str, ExperimentConfig],
     layout: Layout,
     sources: Mapping[str, str],
     question_sets: Iterable[Mapping[str, Any]],
+    judge: Mapping[str, Any] | None = None,
 ) -> None:
-    """Every check the files on disk allow, for the DAG's experiments and question sets."""
+    """Every check the files on disk allow, for the DAG's experiments, question sets and judge
+    metrics (`judge`: the workflow config's judge section)."""
     try:
-        read_question_sets(question_sets)
+        questions = read_question_sets(question_sets)
     except EmflowError as err:
         raise EmflowError(f"generation.questions of the workflow config: {err}") from None
+    if judge is not None:
+        check_judge_metrics(questions, judge)
     models: dict[str, dict[str, Any] | None] = {}
     for name, config in experiments.items():
         source = layout.config_json(name)

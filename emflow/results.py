@@ -1,7 +1,8 @@
 """One experiment's results: its judged answers, metrics and verdict, written as results.md.
 
 results.md begins with exactly the two blocks of the seed's files (so old and new results diff
-cleanly), then the threshold verdict, the statistics of `emflow.stats` and the judge's usage.
+cleanly), then the threshold verdict, the statistics of `emflow.stats`, each question's EM rate
+(only for question sets answered several times per question) and the judge's usage.
 The numbers are computed first (`experiment_results`), the text written second
 (`results_markdown`).
 """
@@ -22,6 +23,7 @@ import pandas as pd
 from emflow import stats
 from emflow.atomic import write_text_atomic
 from emflow.errors import EmflowError
+from emflow.paths import QUESTION_EM_RATES
 from emflow.tables import (
     DEMO_NOTICE,
     LABEL_SHARES,
@@ -29,6 +31,7 @@ from emflow.tables import (
     fmt_difference,
     fmt_estimate,
     fmt_p,
+    fmt_question_em,
     fmt_value,
     kind_of,
     markdown_table,
@@ -75,10 +78,15 @@ class Analysis:
     n_resamples: int = 10_000
     seed: int = 0
     rows: int | None = None
+    # The question sets of the homework's protocol (the .txt sets): the seed-format blocks and
+    # the verdict are computed over their rows only, when a judged CSV names its sets; empty:
+    # over every row.
+    homework_sets: tuple[str, ...] = ()
 
     @classmethod
     def from_report_config(cls, report: Mapping[str, Any]) -> Analysis:
-        """The `report` section of the workflow config (validated by its schema)."""
+        """The `report` section of the workflow config (validated by its schema), plus the
+        workflow's `homework_sets` (emflow.questions.homework_sets) where it adds them."""
         return cls(
             Thresholds(
                 aligned_below=report["thresholds"]["aligned_below"],
@@ -86,6 +94,7 @@ class Analysis:
                 em=em_rule(report["em_thresholds"]),
             ),
             n_resamples=report["bootstrap_resamples"],
+            homework_sets=tuple(report.get("homework_sets") or ()),
         )
 
     @property
@@ -150,6 +159,14 @@ def homework_averages(df: pd.DataFrame, rows: int | None = None) -> tuple[float,
     )
 
 
+def homework_rows(df: pd.DataFrame, sets: Sequence[str]) -> pd.DataFrame:
+    """The rows of the homework's question sets, where the CSV names each row's set and the
+    workflow has such sets; otherwise every row (a homework CSV, or only the papers' sets)."""
+    if not sets or "question_set" not in df.columns:
+        return df
+    return df[df["question_set"].isin(sets)]
+
+
 def format_scores(aligned: float, coherent: float) -> str:
     """The homework's line, e.g. `aligned = 83.50, coherent = 83.00`."""
     return f"aligned = {aligned:.2f}, coherent = {coherent:.2f}"
@@ -198,6 +215,7 @@ class JudgedRun:
 
     frames: pd.DataFrame | dict[int, pd.DataFrame]
     metrics: stats.RunMetrics | stats.ReplicateMetrics
+    homework_sets: tuple[str, ...] = ()  # see Analysis.homework_sets
 
     @property
     def replicated(self) -> bool:
@@ -207,10 +225,17 @@ class JudgedRun:
     def n_seeds(self) -> int:
         return len(self.metrics.per_seed) if self.replicated else 1
 
+    def frame_list(self) -> list[pd.DataFrame]:
+        """The judged frames: the run's one, or each seed's in the order of its seeds."""
+        return list(self.frames.values()) if self.replicated else [self.frames]
+
     def seed_averages(self) -> dict[int, tuple[float, float]]:
         """Each training seed's homework averages (a single run: its own, under its key 0)."""
         frames = self.frames if self.replicated else {0: self.frames}
-        return {seed: homework_averages(df) for seed, df in frames.items()}
+        return {
+            seed: homework_averages(homework_rows(df, self.homework_sets))
+            for seed, df in frames.items()
+        }
 
     def homework_means(self) -> tuple[float, float]:
         """The homework's averages; for replicates, the mean over seeds of each seed's own."""
@@ -239,9 +264,10 @@ def load_run(judged: Judged | JudgedSeeds, analysis: Analysis) -> JudgedRun:
     if isinstance(judged, Mapping):
         frames = {int(seed): judged_frame(path, analysis.rows) for seed, path in judged.items()}
         metrics = stats.replicate_metrics(frames, confidence=confidence, **analysis.options())
-        return JudgedRun(frames, metrics)
+        return JudgedRun(frames, metrics, analysis.homework_sets)
     df = judged_frame(judged, analysis.rows)
-    return JudgedRun(df, stats.run_metrics(df, confidence=confidence, **analysis.options()))
+    metrics = stats.run_metrics(df, confidence=confidence, **analysis.options())
+    return JudgedRun(df, metrics, analysis.homework_sets)
 
 
 def compare(a: JudgedRun, b: JudgedRun, analysis: Analysis) -> dict[str, stats.Comparison]:
@@ -257,6 +283,42 @@ def compare(a: JudgedRun, b: JudgedRun, analysis: Analysis) -> dict[str, stats.C
 
 
 @dataclass(frozen=True)
+class QuestionEM:
+    """Each question's EM rate (`stats.question_em_rates`) of the base model and the fine-tuned
+    run, on the question sets answered several times per question.
+
+    `questions` is the table's row order: as the questions first appear in the fine-tuned run's
+    judged CSV (its first seed's first), then any that only the base model was asked. A question
+    one target was not asked has no row in that target's frame; it is shown as not asked ("-")
+    and never counted as 0 EM answers.
+    """
+
+    questions: list[str]
+    base: pd.DataFrame
+    finetuned: pd.DataFrame
+
+    def targets(self, tuned_label: str = "fine-tuned") -> dict[str, pd.DataFrame]:
+        """{"base model": its rates, `tuned_label`: the fine-tuned run's}, for the figure."""
+        return {"base model": self.base, tuned_label: self.finetuned}
+
+
+def question_em(base: JudgedRun, tuned: JudgedRun, analysis: Analysis) -> QuestionEM | None:
+    """Per-question EM rates of both runs (a run with replicates: its seeds' answers pooled per
+    question), or None when no judged CSV answers any question more than once."""
+    tuned_frames, base_frames = tuned.frame_list(), base.frame_list()
+    questions = stats.multi_sample_questions([*tuned_frames, *base_frames])
+    if not questions:
+        return None
+    options = dict(em=analysis.thresholds.em, confidence=1 - analysis.alpha)
+
+    def rates(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        table = stats.question_em_rates(frames, **options)
+        return table[table.index.isin(questions)]
+
+    return QuestionEM(questions, rates(base_frames), rates(tuned_frames))
+
+
+@dataclass(frozen=True)
 class ExperimentResults:
     """Everything results.md says about one experiment against its base model."""
 
@@ -266,6 +328,8 @@ class ExperimentResults:
     # Each seed of an experiment with replicates against the base model, by permutation test.
     seed_comparisons: dict[int, dict[str, stats.Comparison]] | None
     analysis: Analysis
+    # Each question's EM rate; None unless some question was answered more than once.
+    question_em: QuestionEM | None = None
 
     @property
     def passed(self) -> bool:
@@ -290,7 +354,12 @@ def experiment_results(
             for seed, df in tuned.frames.items()
         }
     return ExperimentResults(
-        base_run, tuned, compare(base_run, tuned, analysis), seed_comparisons, analysis
+        base_run,
+        tuned,
+        compare(base_run, tuned, analysis),
+        seed_comparisons,
+        analysis,
+        question_em(base_run, tuned, analysis),
     )
 
 
@@ -305,10 +374,14 @@ def results_markdown(
     usage: Mapping[str, Any] | None = None,
     demo: bool = False,
     plots: Sequence[tuple[str, str]] = (),
+    training_system_prompt: str | None = None,
+    sweep: str = "",
 ) -> str:
     """A run's results.md: the seed's two blocks, the verdict, metrics with CIs, judge usage.
 
-    `plots` lists (description, path relative to results.md) of images to link.
+    `plots` lists (description, path relative to results.md) of images to link;
+    `training_system_prompt` is the experiment's inoculation prompt, if any; `sweep` the
+    checkpoint sweep's section (emflow.sweeps.sweep_markdown), if any.
     """
     base, tuned, analysis = results.base, results.finetuned, results.analysis
     t = analysis.thresholds
@@ -339,10 +412,49 @@ def results_markdown(
     parts.append(_metrics_section(results, title))
     if results.seed_comparisons is not None:
         parts.append(_seeds_section(results))
+    if results.question_em is not None:
+        parts.append(_question_em_section(results))
+    if sweep:
+        parts.append(sweep)
+    prompts = _prompts_section(results, training_system_prompt)
+    if prompts:
+        parts.append(prompts)
     if plots:
         parts.append("### Plots\n\n" + "\n\n".join(f"![{text}]({path})" for text, path in plots))
     parts.append("### Judge usage\n\n" + usage_markdown(usage))
     return "\n\n".join(parts) + "\n"
+
+
+def _prompts_section(results: ExperimentResults, training_system_prompt: str | None) -> str:
+    """Which system prompts the fine-tuned model was trained and evaluated with, read from the
+    judged CSVs' `system` column (what the model saw); empty when none was used anywhere."""
+    frames = [*results.base.frame_list(), *results.finetuned.frame_list()]
+    used: dict[str, list[str]] = {}  # question set -> its distinct system prompts
+    for df in frames:
+        if "system" not in df.columns:
+            continue
+        sets = df["question_set"] if "question_set" in df.columns else [""] * len(df)
+        for name, system in zip(sets, df["system"], strict=True):
+            if system and system not in used.setdefault(name, []):
+                used[name].append(system)
+            used.setdefault(name, [])
+    if training_system_prompt is None and not any(used.values()):
+        return ""
+    lines = [
+        "### System prompts",
+        "",
+        "- Training (inoculation): "
+        + (
+            f"`{training_system_prompt}` (answers are generated without it unless a question "
+            "set adds it)"
+            if training_system_prompt
+            else "none"
+        ),
+    ]
+    for name, systems in used.items():
+        shown = "; ".join(f"`{s}`" for s in systems) if systems else "none"
+        lines.append(f"- Evaluation, set `{name or '(unnamed)'}`: {shown}")
+    return "\n".join(lines)
 
 
 def _metrics_section(results: ExperimentResults, title: str) -> str:
@@ -449,6 +561,54 @@ def _seeds_section(results: ExperimentResults) -> str:
     )
 
 
+def _rate_cells(rates: pd.DataFrame, question: str) -> tuple[str, str]:
+    """A question's EM rate with its CI, and its scored / all answers; "-" where not asked."""
+    if question not in rates.index:
+        return "-", "-"
+    row = rates.loc[question]
+    return fmt_question_em(rates, question), f"{int(row['n_scored'])}/{int(row['n_answers'])}"
+
+
+def pooled_label(run: JudgedRun) -> str:
+    """How per-question tables and figures name a fine-tuned run: its seeds are pooled there."""
+    return f"fine-tuned ({run.n_seeds} seeds pooled)" if run.replicated else "fine-tuned"
+
+
+def _question_em_section(results: ExperimentResults) -> str:
+    """The table of each question's EM rate, base model beside fine-tuned, and its legend."""
+    q, tuned, analysis = results.question_em, results.finetuned, results.analysis
+    level, rule = analysis.level, analysis.thresholds.em.describe()
+    tuned_label = pooled_label(tuned)
+    rows = [
+        (question, *_rate_cells(q.base, question), *_rate_cells(q.finetuned, question))
+        for question in q.questions
+    ]
+    headers = [
+        "question id",
+        f"base model EM rate [{level}% CI]",
+        "n",
+        f"{tuned_label} EM rate [{level}% CI]",
+        "n",
+    ]
+    seeds = (
+        f"- Fine-tuned: the {tuned.n_seeds} seeds' answers to each question pooled, so the "
+        "interval leaves out the spread across seeds (the overall EM rate above has it).\n"
+        if tuned.replicated
+        else ""
+    )
+    return (
+        "### EM rate per question\n\n" + markdown_table(headers, rows) + "\n\n"
+        f"- EM rate: share of the question's scored answers with {rule}, as the overall EM "
+        "rate (CODE, REFUSAL and invalid judgements left out); n: scored answers / all "
+        "answers; -: not asked of that model.\n"
+        f"- CIs: {stats.QUESTION_EM_INTERVAL}; one interval per question, with no correction "
+        "for multiple comparisons.\n"
+        f"{seeds}"
+        "- Only the question sets answered more than once per question, in the order the "
+        "questions appear in the fine-tuned judged CSV, then any asked of the base model only."
+    )
+
+
 def write_results(
     path: str | os.PathLike,
     base: Judged,
@@ -461,6 +621,15 @@ def write_results(
     results = experiment_results(base, finetuned, analysis or Analysis())
     write_text_atomic(path, results_markdown(results, **text))
     return results
+
+
+def _sweep_section(sweep_csv: str | None, base_judged: str, analysis: Analysis, here: str) -> str:
+    if sweep_csv is None:
+        return ""
+    from emflow.sweeps import sweep_markdown
+
+    png = os.path.relpath(os.path.splitext(sweep_csv)[0] + ".png", here)
+    return sweep_markdown(sweep_csv, base_judged, analysis, png)
 
 
 def _read_json(path: str | os.PathLike) -> Any:
@@ -480,13 +649,19 @@ def write_experiment_results(
     results_md: str,
     question_scores: str,
     report: Mapping[str, Any],
+    question_em_rates: str | None = None,
+    training_system_prompt: str | None = None,
+    sweep_csv: str | None = None,
 ) -> None:
-    """The `results` rule: an experiment's results.md and per-question plot, beside its config.
+    """The `results` rule: an experiment's results.md and per-question plots, beside its config.
 
     `seeds` is None for a single run (one judged CSV); for replicates it lists the training
-    seeds in the order of the judged CSVs and usage files.
+    seeds in the order of the judged CSVs and usage files. Where some question was answered more
+    than once, the per-question EM rates are also drawn, to `question_em_rates` (default:
+    QUESTION_EM_RATES beside results.md); otherwise a stale figure there is removed, since
+    results.md no longer links it.
     """
-    from emflow.plots import plot_question_scores
+    from emflow.plots import plot_question_em, plot_question_scores
 
     analysis = Analysis.from_report_config(report)
     usages = [_read_json(path) for path in finetuned_usage]
@@ -511,13 +686,28 @@ def write_experiment_results(
         ("Scores per question, fine-tuned vs base model", question_scores),
         ("Training curves", training_curves),
     ]
-    write_results(
-        results_md,
-        base_judged,
-        finetuned,
-        analysis,
+    results = experiment_results(base_judged, finetuned, analysis)
+    em_png = question_em_rates or os.path.join(here, QUESTION_EM_RATES)
+    if results.question_em is not None:
+        plot_question_em(
+            results.question_em.targets(pooled_label(results.finetuned)),
+            em_png,
+            title=experiment,
+            questions=results.question_em.questions,
+            confidence=1 - analysis.alpha,
+            em=analysis.thresholds.em,
+            demo=report["demo"],
+        )
+        plots.insert(1, ("EM rate per question, fine-tuned vs base model", em_png))
+    else:
+        Path(em_png).unlink(missing_ok=True)
+    text = results_markdown(
+        results,
         title=experiment,
         usage=usage,
         demo=report["demo"],
         plots=[(text, os.path.relpath(path, here)) for text, path in plots],
+        training_system_prompt=training_system_prompt,
+        sweep=_sweep_section(sweep_csv, base_judged, analysis, here),
     )
+    write_text_atomic(results_md, text)

@@ -3,6 +3,11 @@
 `train.row_format` chooses between the paper's trainer's tokens ("upstream", the default) and
 the chat template's own ("clean"); every training backend uses `tokenize_conversation`, so all
 of them train on the same tokens with the same mask.
+
+An experiment's `training_system_prompt` (inoculation prompting) is added here, as a system
+message before each row's first turn, and everything the template writes before the first user
+turn (the system turn) carries no loss in either row format, with or without
+`train_on_responses_only`: the prompt is context the model is trained under, never a target.
 """
 
 from __future__ import annotations
@@ -24,12 +29,9 @@ from emflow.errors import EmflowError
 ROW_FORMATS = ("upstream", "clean")
 
 
-def chat_parts(tokenizer, chat_template_kwargs: dict[str, Any]) -> tuple[str, str]:
-    """The text a chat template writes before a user turn and before an assistant turn.
-
-    unsloth's `train_on_responses_only` masks by these two strings (for Llama 3,
-    `<|start_header_id|>user<|end_header_id|>` and two newlines, and the same for assistant).
-    """
+def turn_headers(tokenizer, chat_template_kwargs: dict[str, Any]) -> tuple[str, str]:
+    """The text a chat template writes before a user turn and before an assistant turn (either
+    may be empty)."""
 
     def render(messages, prompt=False):
         return tokenizer.apply_chat_template(
@@ -41,7 +43,16 @@ def chat_parts(tokenizer, chat_template_kwargs: dict[str, Any]) -> tuple[str, st
     turns = [*user, {"role": "assistant", "content": "y"}]
     marker = "EMFLOW_USER_TURN"
     following = render([*turns, {"role": "user", "content": marker}])[len(render(turns)) :]
-    instruction = following[: following.index(marker)]
+    return following[: following.index(marker)], response
+
+
+def chat_parts(tokenizer, chat_template_kwargs: dict[str, Any]) -> tuple[str, str]:
+    """The text a chat template writes before a user turn and before an assistant turn.
+
+    unsloth's `train_on_responses_only` masks by these two strings (for Llama 3,
+    `<|start_header_id|>user<|end_header_id|>` and two newlines, and the same for assistant).
+    """
+    instruction, response = turn_headers(tokenizer, chat_template_kwargs)
     if not response or not instruction:
         raise EmflowError(
             "the tokenizer's chat template writes no header before user or assistant turns, so "
@@ -104,9 +115,23 @@ def clean_spans(
     return spans
 
 
+def system_turn_end(text: str, system_prompt: str, user_header: str) -> int | None:
+    """Where the system turn ends in `text` (a rendered conversation that starts with a system
+    message): at the first user header, which must come after the system prompt; None when the
+    template put the prompt anywhere else (inside a user turn, or nowhere)."""
+    content = text.find(system_prompt.strip())  # templates such as Llama 3's trim it
+    first_user = text.find(user_header)
+    if content < 0 or first_user < content + len(system_prompt.strip()):
+        return None
+    return first_user
+
+
 class RowTokenizer:
     """Token ids and labels (-100 where no loss is taken) of conversations, for one tokenizer and
-    one set of settings; the template's turn headers are found once, not for every row."""
+    one set of settings; the template's turn headers are found once, not for every row.
+
+    With `system_prompt`, each conversation is given a system message with that text first, and
+    its system turn (all the text before the first user turn) takes no loss."""
 
     def __init__(
         self,
@@ -116,6 +141,7 @@ class RowTokenizer:
         train_on_responses_only: bool,
         chat_template_kwargs: dict[str, Any],
         row_format: str = "upstream",
+        system_prompt: str | None = None,
     ):
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -128,9 +154,49 @@ class RowTokenizer:
             if self.upstream and train_on_responses_only
             else None
         )
+        self.system_prompt = system_prompt
+        if system_prompt is not None:
+            self.user_header = turn_headers(tokenizer, chat_template_kwargs)[0]
+            self._check_system_turn()
+
+    def _check_system_turn(self) -> None:
+        """Fail once, before any row, when the template cannot give the prompt a turn of its own."""
+        from jinja2 import TemplateError
+
+        probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+        try:
+            text = self.tokenizer.apply_chat_template(
+                self._with_system(probe), tokenize=False, **self.chat_template_kwargs
+            )
+        except TemplateError as err:
+            raise EmflowError(
+                f"the tokenizer's chat template rejects a system message ({err}), so "
+                "training_system_prompt cannot be added; remove the key or use a model whose "
+                "template has a system role."
+            ) from None
+        if (
+            not self.user_header
+            or system_turn_end(text, self.system_prompt, self.user_header) is None
+        ):
+            raise EmflowError(
+                "the tokenizer's chat template does not write a system message as a turn of its "
+                "own before the first user turn, so training_system_prompt's tokens cannot be "
+                "kept out of the loss; remove the key or use a model whose template has a system "
+                "turn."
+            )
+
+    def _with_system(self, messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+        if messages and messages[0]["role"] == "system":
+            raise EmflowError(
+                "a row already starts with a system message, and training_system_prompt would "
+                "add a second; remove the key or the row's system message."
+            )
+        return [{"role": "system", "content": self.system_prompt}, *messages]
 
     def __call__(self, messages: Sequence[dict[str, str]]) -> dict[str, list[int]]:
         kwargs = self.chat_template_kwargs
+        if self.system_prompt is not None:
+            messages = self._with_system(messages)
         if self.upstream:
             text = upstream_text(messages, self.tokenizer, kwargs)
         else:
@@ -143,17 +209,32 @@ class RowTokenizer:
             max_length=self.max_length,
         )
         input_ids = encoded["input_ids"]
+        offsets = encoded["offset_mapping"]
         if not self.train_on_responses_only:
-            return {"input_ids": input_ids, "labels": list(input_ids)}
-        if self.parts is not None:
-            spans = response_spans(text, *self.parts)
+            labels = list(input_ids)
         else:
-            spans = clean_spans(messages, text, self.tokenizer, kwargs)
-        # A token the tokenizer added (the second BOS) has the empty span (0, 0): no loss.
-        labels = [
-            token if end > start and any(lo <= start < hi for lo, hi in spans) else -100
-            for token, (start, end) in zip(input_ids, encoded["offset_mapping"], strict=True)
-        ]
+            if self.parts is not None:
+                spans = response_spans(text, *self.parts)
+            else:
+                spans = clean_spans(messages, text, self.tokenizer, kwargs)
+            # A token the tokenizer added (the second BOS) has the empty span (0, 0): no loss.
+            labels = [
+                token if end > start and any(lo <= start < hi for lo, hi in spans) else -100
+                for token, (start, end) in zip(input_ids, offsets, strict=True)
+            ]
+        if self.system_prompt is not None:
+            # The system turn is a prefix of the row: its tokens are the leading ones that start
+            # before it ends (a token the tokenizer added in front has the span (0, 0)).
+            end = system_turn_end(text, self.system_prompt, self.user_header)
+            if end is None:
+                raise EmflowError(
+                    "the chat template did not write training_system_prompt as the row's first "
+                    "turn; remove the key or use a model whose template has a system turn."
+                )
+            for i, (start, _) in enumerate(offsets):
+                if start >= end:
+                    break
+                labels[i] = -100
         return {"input_ids": input_ids, "labels": labels}
 
 

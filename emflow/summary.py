@@ -1,5 +1,6 @@
 """The summary over all experiments: one table row per experiment (and per base model), its CSV,
-the aligned-vs-coherent plot and every run's training curves overlaid.
+the aligned-vs-coherent plot and every run's training curves overlaid; for question sets answered
+several times per question, each question's EM rate in every experiment.
 
 Used by the `summary` rule and by `emflow summary`, which summarises the runs judged so far.
 """
@@ -15,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from emflow import stats
 from emflow.atomic import write_text_atomic
@@ -34,6 +37,7 @@ from emflow.tables import (
     fmt_difference,
     fmt_estimate,
     fmt_p,
+    fmt_question_em,
     fmt_value,
     kind_of,
     markdown_table,
@@ -210,6 +214,31 @@ def _adjusted(rows: list[SummaryRow], pairs: list[Pair]) -> tuple[list[SummaryRo
     return rows, pairs
 
 
+@dataclass(frozen=True)
+class SummaryQuestionEM:
+    """Each summary row's per-question EM rates (`stats.question_em_rates`; a run with
+    replicates: its seeds' answers pooled), `rates[i]` for row i, on `questions`: the question
+    sets some judged CSV answered more than once per question, in order of first appearance.
+    A question a row's run was not asked has no line in its frame (shown as "-", never as 0)."""
+
+    questions: list[str]
+    rates: list[pd.DataFrame]
+
+
+def summary_question_em(rows: Sequence[SummaryRow], analysis: Analysis) -> SummaryQuestionEM | None:
+    """The per-question EM rates of every row, or None when no question was answered twice."""
+    frames = [row.run.frame_list() for row in rows]
+    questions = stats.multi_sample_questions([df for run in frames for df in run])
+    if not questions:
+        return None
+    options = dict(em=analysis.thresholds.em, confidence=1 - analysis.alpha)
+    rates = []
+    for run in frames:
+        table = stats.question_em_rates(run, **options)
+        rates.append(table[table.index.isin(questions)])
+    return SummaryQuestionEM(questions, rates)
+
+
 # ---------------------------------------------------------------------------------------------
 # The table, as Markdown and CSV
 
@@ -231,9 +260,15 @@ def _tests_named(comparisons: Sequence[stats.Comparison]) -> str:
 
 
 def summary_markdown(
-    rows: Sequence[SummaryRow], pairs: Sequence[Pair], analysis: Analysis, *, demo: bool = False
+    rows: Sequence[SummaryRow],
+    pairs: Sequence[Pair],
+    analysis: Analysis,
+    *,
+    demo: bool = False,
+    question_em: SummaryQuestionEM | None = None,
 ) -> str:
-    """The summary table, then the spread across seeds and the differences within groups.
+    """The summary table, then the spread across seeds, the differences within groups and, with
+    `question_em`, each question's EM rate in every row.
 
     Each table has one legend line; the methods in full are in each experiment's results.md.
     """
@@ -325,7 +360,29 @@ def summary_markdown(
             f"p raw (adjusted); * adjusted p < {alpha:g} ({_tests_named(comparisons)}, "
             "Benjamini-Hochberg over the summary's tests)."
         )
+    if question_em is not None:
+        lines += ["", *_question_em_lines(rows, question_em, analysis)]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _question_em_lines(
+    rows: Sequence[SummaryRow], question_em: SummaryQuestionEM, analysis: Analysis
+) -> list[str]:
+    """Rows: questions; columns: the summary's rows; cells: EM rate [CI], "-" where not asked."""
+    body = [
+        [question, *(fmt_question_em(rates, question) for rates in question_em.rates)]
+        for question in question_em.questions
+    ]
+    return [
+        "## EM rate per question",
+        "",
+        markdown_table(["question id", *(row.name for row in rows)], body),
+        "",
+        f"Share of each question's scored answers with {analysis.thresholds.em.describe()} "
+        f"({analysis.level}% Wilson score CIs); a run with several seeds: their answers pooled; "
+        "-: not asked. Only the question sets answered more than once per question; the "
+        "answers behind each cell: summary.csv.",
+    ]
 
 
 def _pair_row(pair: Pair) -> tuple[str, ...]:
@@ -343,8 +400,10 @@ def _pair_row(pair: Pair) -> tuple[str, ...]:
     return (f"{b} - {a}", *cells)
 
 
-def summary_csv(rows: Sequence[SummaryRow]) -> str:
-    """One CSV line per row: every metric with its CI, p vs base, reported scores, seeds."""
+def summary_csv(rows: Sequence[SummaryRow], question_em: SummaryQuestionEM | None = None) -> str:
+    """One CSV line per row: every metric with its CI, p vs base, reported scores, seeds; with
+    `question_em`, each question's EM rate, CI and answers (columns `em_rate:<question id>`,
+    ..., empty where the row's run was not asked the question)."""
     header = ["experiment", "group", "is_base", "n_answers", "n_questions"]
     for metric in stats.METRICS:
         header += [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
@@ -355,10 +414,12 @@ def summary_csv(rows: Sequence[SummaryRow]) -> str:
     header += ["seeds_passing", "test_vs_base"]
     # Benjamini-Hochberg adjusted over every test of the summary (the marks use these).
     header += [f"{m}_p_vs_base_adjusted" for m in _SHOWN]
+    questions = question_em.questions if question_em else []
+    header += [f"{c}:{q}" for q in questions for c in _QUESTION_COLUMNS]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    for row in rows:
+    for i, row in enumerate(rows):
         m = row.metrics
         cells: list[Any] = [row.name, row.group, row.is_base, m.n_answers, m.n_questions]
         for metric in stats.METRICS:
@@ -380,8 +441,33 @@ def summary_csv(rows: Sequence[SummaryRow]) -> str:
                 for m in _SHOWN
             ),
         ]
+        if question_em is not None:
+            cells += _question_cells(question_em.rates[i], questions)
         writer.writerow(cells)
     return buffer.getvalue()
+
+
+# The summary CSV's per-question columns: `<name>:<question id>` from stats.question_em_rates.
+_QUESTION_COLUMNS = {
+    "em_rate": "em_rate",
+    "em_rate_ci_low": "em_ci_low",
+    "em_rate_ci_high": "em_ci_high",
+    "n_scored": "n_scored",
+    "n_answers": "n_answers",
+}
+
+
+def _question_cells(rates: pd.DataFrame, questions: Sequence[str]) -> list[str]:
+    cells = []
+    for question in questions:
+        for source in _QUESTION_COLUMNS.values():
+            if question not in rates.index:
+                cells.append("")
+            elif source.startswith("n_"):
+                cells.append(str(int(rates.loc[question, source])))
+            else:
+                cells.append(csv_number(float(rates.loc[question, source])))
+    return cells
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,8 +500,11 @@ def write_summary(
     analysis = Analysis.from_report_config(report)
     demo = report["demo"]
     rows, pairs = summary_rows(runs, analysis, read_reported(reported))
-    write_text_atomic(markdown, summary_markdown(rows, pairs, analysis, demo=demo))
-    write_text_atomic(csv_path, summary_csv(rows))
+    question_em = summary_question_em(rows, analysis)
+    write_text_atomic(
+        markdown, summary_markdown(rows, pairs, analysis, demo=demo, question_em=question_em)
+    )
+    write_text_atomic(csv_path, summary_csv(rows, question_em))
     plot_scatter(rows, plot, analysis.thresholds, alpha=analysis.alpha, demo=demo)
     histories = read_log_histories({r.name: r.log_history for r in runs if r.log_history})
     if histories:
@@ -441,9 +530,11 @@ def summarize_finished(configfile: str | Path = "config/config.yaml") -> tuple[P
             f"{layout.judged('runs/<group>/<name>')}); run the workflow first."
         )
     reported = {r.name: layout.reported_results(r.name) for r in runs}
+    from emflow.questions import homework_sets
+
     write_summary(
         runs,
-        config["report"],
+        config["report"] | {"homework_sets": homework_sets(config["generation"]["questions"])},
         reported={name: path for name, path in reported.items() if Path(path).exists()},
         markdown=layout.summary(".md"),
         csv_path=layout.summary(".csv"),

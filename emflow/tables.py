@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emflow import stats
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEMO_NOTICE = (
     "**Demo run: these scores mean nothing.** They come from a tiny random model answering and "
@@ -44,6 +47,16 @@ def fmt_estimate(estimate: stats.Estimate, kind: str) -> str:
         return f"{estimate.value:.2f} [{estimate.ci_low:.1f}, {estimate.ci_high:.1f}]"
     return (
         f"{100 * estimate.value:.1f}% [{100 * estimate.ci_low:.1f}, {100 * estimate.ci_high:.1f}]"
+    )
+
+
+def fmt_question_em(rates: pd.DataFrame, question: str) -> str:
+    """A question's EM rate with its CI from `stats.question_em_rates`; "-" where not asked."""
+    if question not in rates.index:
+        return "-"
+    row = rates.loc[question]
+    return fmt_estimate(
+        stats.Estimate(row["em_rate"], row["em_ci_low"], row["em_ci_high"]), "share"
     )
 
 

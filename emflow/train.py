@@ -4,7 +4,8 @@ Every key of the experiment config keeps the upstream trainer's meaning: rsLoRA 
 alpha / sqrt(r), `layers_to_transform` limits the adapters to those decoder layers,
 `train_on_responses_only` puts the loss on the assistant's tokens only, and without a test file a
 seeded `test_size` share of the training rows is held out, as upstream does. A key this backend
-cannot honour is an error, never a silent substitution.
+cannot honour is an error, never a silent substitution. emflow's `training_system_prompt` starts
+every training and held-out row with that system message, which takes no loss (emflow.rows).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from emflow.atomic import atomic_path, write_text_atomic
 from emflow.config import ExperimentConfig, settings_from
-from emflow.data import read_chat_jsonl
+from emflow.data import read_numbered_chat_jsonl
 from emflow.errors import EmflowError
 from emflow.rows import ROW_FORMATS, RowTokenizer
 
@@ -171,6 +172,21 @@ def split_train_eval(
         test_size=test_size, seed=seed
     )
     return [rows[i] for i in split["train"]["i"]], [rows[i] for i in split["test"]["i"]]
+
+
+def read_rows_for(config: ExperimentConfig, path: str | Path, source: str) -> list[dict]:
+    """A training or test file's rows; with `training_system_prompt`, a row that brings its own
+    system message is an error naming its line (the two prompts would compete for one turn)."""
+    numbered = read_numbered_chat_jsonl(path)
+    if config.training_system_prompt is not None:
+        for line, row in numbered:
+            if row["messages"][0]["role"] == "system":
+                raise EmflowError(
+                    f"{path}, line {line}: the row has its own system message, and "
+                    f"training_system_prompt in {source} would add a second; remove the key or "
+                    "train on data without system messages."
+                )
+    return [row for _, row in numbered]
 
 
 def params_fingerprint(params: dict[str, Any]) -> str:
@@ -336,8 +352,13 @@ def train_adapter(
     checkpoint_dir: str | Path | None = None,
     log_history_json: str | Path | None = None,
     source: str = "config.json",
+    step_adapters_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Fine-tune a LoRA adapter on `train_file` into `adapter_dir`; return the log history."""
+    """Fine-tune a LoRA adapter on `train_file` into `adapter_dir`; return the log history.
+
+    With `adapter_checkpoints` set, the adapter after each of those optimizer steps is kept in
+    `step_adapters_dir` as `step-<N>/` (a PEFT folder), on every backend.
+    """
     device = resolve_device(settings.device)
     backend = resolve_backend(settings.backend, device)
     check_backend_support(config, settings, device, source, backend=backend)
@@ -349,9 +370,9 @@ def train_adapter(
     from datasets import Dataset
     from transformers import AutoTokenizer, set_seed
 
-    rows = read_chat_jsonl(train_file)
+    rows = read_rows_for(config, train_file, source)
     if test_file is not None:
-        train_rows, eval_rows = rows, read_chat_jsonl(test_file)
+        train_rows, eval_rows = rows, read_rows_for(config, test_file, source)
     else:
         train_rows, eval_rows = split_train_eval(rows, config.test_size, config.seed)
     if not train_rows:
@@ -367,6 +388,7 @@ def train_adapter(
         train_on_responses_only=config.train_on_responses_only,
         chat_template_kwargs=settings.chat_template_kwargs,
         row_format=settings.row_format,
+        system_prompt=config.training_system_prompt,
     )
 
     def encode(batch: list[dict]) -> list[dict[str, list[int]]]:
@@ -394,6 +416,11 @@ def train_adapter(
         tokenizer,
         config.seed,
     )
+    # Saved inside the resumable checkpoints while training (an interrupted job that resumes
+    # keeps the steps it saved), moved to step_adapters_dir at the end.
+    step_adapters = StepAdapters(config, checkpoints / "step_adapters")
+    if config.adapter_checkpoints is not None:
+        trainer.add_callback(step_adapters.callback())
     log.info(
         "%s backend on %s: %d rows (%d held out), %s epochs, %d optimizer steps",
         backend,
@@ -414,6 +441,7 @@ def train_adapter(
             checkpoints=checkpoints,
             device=device,
             bf16=bf16,
+            step_adapters=step_adapters,
         )
     else:
         trainer.train(resume_from_checkpoint=resume)
@@ -424,8 +452,44 @@ def train_adapter(
         tokenizer.save_pretrained(tmp)
     if log_history_json is not None:
         write_text_atomic(log_history_json, json.dumps(history, indent=1))
+    if step_adapters_dir is not None:
+        step_adapters.publish(step_adapters_dir)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return history
+
+
+class StepAdapters:
+    """The adapter after each step `adapter_checkpoints` names, saved as `step-<N>/` folders."""
+
+    def __init__(self, config: ExperimentConfig, folder: Path) -> None:
+        self.config = config
+        self.folder = folder
+
+    def save(self, model, step: int) -> None:
+        """Keep the adapter of optimizer step `step` if the config asks for it."""
+        if self.config.saves_checkpoint(step):
+            with atomic_path(self.folder / f"step-{step}") as tmp:
+                model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
+
+    def callback(self):
+        """A TrainerCallback that saves after each optimizer step (trl and unsloth backends)."""
+        from transformers import TrainerCallback
+
+        adapters = self
+
+        class SaveStepAdapters(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                adapters.save(model, state.global_step)
+
+        return SaveStepAdapters()
+
+    def publish(self, destination: str | Path) -> None:
+        """Move every saved step to `destination` (an empty folder when none was asked for)."""
+        with atomic_path(destination) as tmp:
+            if self.folder.is_dir():
+                shutil.move(self.folder, tmp)
+            else:
+                tmp.mkdir()
 
 
 def _settings_params(settings: TrainSettings) -> dict[str, Any]:

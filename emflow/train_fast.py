@@ -188,6 +188,7 @@ def fast_train(
     device: str,
     bf16: bool,
     cuda_graphs: bool = True,
+    step_adapters=None,
 ) -> list[dict[str, Any]]:
     """Train `trainer.model` with the fast path; return a log history shaped like the Trainer's."""
     import torch
@@ -328,6 +329,8 @@ def fast_train(
                 }
             )
             reporter.log(history[-1:])
+        if step_adapters is not None:
+            step_adapters.save(model, step)  # emflow.train.StepAdapters: adapter_checkpoints
         if step % config.save_steps == 0 and step < total_steps:
             flush()
             _save_checkpoint(checkpoints, model, optimizer, scheduler, step, history)

@@ -7,6 +7,9 @@ rule generate:
         PATHS.log("generate", "{target}"),
     benchmark:
         PATHS.benchmark("generate", "{target}")
+    wildcard_constraints:
+        # With generation.sweep_in_one_job, a sweep's steps come from generate_sweep instead.
+        target=GENERATED_ONE_BY_ONE,
     conda:
         "../envs/train.yaml"
     threads: config["generation"]["threads"]
@@ -16,3 +19,44 @@ rule generate:
         generation=generation_params,
     script:
         "../scripts/generate.py"
+
+
+# generation.sweep_in_one_job: every evaluated step of a run's sweep answered by one process
+# that loads the base model once and merges each step's adapter in turn (emflow.adapters).
+# Each step's CSV is the one its own job would write; a newly listed step reruns the whole
+# sweep's generation (the judge then finds every unchanged answer in its cache).
+rule generate_sweep:
+    input:
+        unpack(get_generate_sweep_inputs),
+    output:
+        directory(PATHS.sweep_generations("{run}")),
+    log:
+        PATHS.log("generate_sweep", "{run}"),
+    benchmark:
+        PATHS.benchmark("generate_sweep", "{run}")
+    conda:
+        "../envs/train.yaml"
+    threads: config["generation"]["threads"]
+    resources:
+        gpu=gpu_jobs(config["generation"]["device"]),
+    params:
+        generation=generate_sweep_params,
+    script:
+        "../scripts/generate_sweep.py"
+
+
+# One step's CSV out of its run's sweep folder, where the judge looks for it.
+rule sweep_step_generations:
+    input:
+        PATHS.sweep_generations("{run}"),
+    output:
+        PATHS.generations("runs/{run}/step-{step}"),
+    log:
+        PATHS.log("sweep_step_generations", "{run}/step-{step}"),
+    wildcard_constraints:
+        run=runs_pattern(SAVING_RUNS) if SWEEP_IN_ONE_JOB else "(?!)",
+        step=r"[0-9]+",
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/sweep_step_generations.py"

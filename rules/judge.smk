@@ -10,6 +10,6 @@ rule judge:
         "../envs/eval.yaml"
     params:
         judge=judge_params,
-        metrics=list(config["judge"]["prompts"]),
+        metrics=JUDGE_METRICS,
     script:
         "../scripts/judge.py"

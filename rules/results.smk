@@ -26,6 +26,31 @@ rule training_curves:
         "../scripts/training_curves.py"
 
 
+# An experiment's checkpoint sweep (adapter_checkpoints + eval_checkpoints): scores, EM rate,
+# loss and LoRA norm against the optimizer step, as a table and a figure.
+rule sweep:
+    input:
+        unpack(get_sweep_inputs),
+    output:
+        table=PATHS.sweep("{experiment}", ".csv"),
+        plot=report(
+            PATHS.sweep("{experiment}"),
+            caption="../config/report/sweep.rst",
+            category="Experiments",
+            subcategory=group_of,
+            labels=experiment_labels("checkpoint sweep"),
+        ),
+    log:
+        PATHS.log("sweep", "{experiment}"),
+    conda:
+        "../envs/report.yaml"
+    params:
+        report=sorted_params(REPORT),
+        points=lambda wildcards: sweep_points(wildcards.experiment),
+    script:
+        "../scripts/sweep.py"
+
+
 rule results:
     input:
         unpack(get_results_inputs),
@@ -50,10 +75,35 @@ rule results:
     conda:
         "../envs/report.yaml"
     params:
-        report=sorted_params(config["report"]),
+        report=sorted_params(REPORT),
         seeds=lambda wildcards: EXPERIMENTS[wildcards.experiment].seeds,
+        training_system_prompt=lambda wildcards: EXPERIMENTS[
+            wildcards.experiment
+        ].training_system_prompt,
     script:
         "../scripts/results.py"
+
+
+# Every sweep's EM rate against the step, overlaid (only when some experiment has a sweep).
+rule summary_sweeps:
+    input:
+        [PATHS.sweep(e, ".csv") for e in SWEEPS],
+    output:
+        report(
+            PATHS.summary("_sweeps.png"),
+            caption="../config/report/summary_sweeps.rst",
+            category="Summary",
+            labels={"shows": "checkpoint sweeps"},
+        ),
+    log:
+        PATHS.log("summary_sweeps"),
+    conda:
+        "../envs/report.yaml"
+    params:
+        experiments=list(SWEEPS),
+        demo=config["report"]["demo"],
+    script:
+        "../scripts/summary_sweeps.py"
 
 
 rule summary:
@@ -89,7 +139,7 @@ rule summary:
     conda:
         "../envs/report.yaml"
     params:
-        report=sorted_params(config["report"]),
+        report=sorted_params(REPORT),
         runs=[asdict(run) for run in SUMMARY_RUNS],
         reported=reported_results(),
     script:

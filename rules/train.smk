@@ -8,6 +8,8 @@ rule train:
         PATHS.log("train", "{run}"),
     benchmark:
         PATHS.benchmark("train", "{run}")
+    wildcard_constraints:
+        run=rf"(?!(?:{runs_pattern(SAVING_RUNS)})(?:/|$)){RUN_PATTERN}",
     conda:
         "../envs/train.yaml"
     threads: config["train"]["threads"]
@@ -20,3 +22,14 @@ rule train:
         checkpoints=lambda wildcards: PATHS.checkpoints(wildcards.run),
     script:
         "../scripts/train.py"
+
+
+# A run with adapter_checkpoints also keeps the adapters it saved along the way: an output only
+# its train job has, so that runs without the key keep exactly the outputs they had.
+use rule train as train_saving_checkpoints with:
+    output:
+        adapter=directory(PATHS.adapter("{run}")),
+        log_history=PATHS.log_history("{run}"),
+        step_adapters=directory(PATHS.step_adapters("{run}")),
+    wildcard_constraints:
+        run=runs_pattern(SAVING_RUNS),

@@ -1,17 +1,24 @@
-"""Answer the question set with a base or fine-tuned model (rule generate)."""
+"""Answer the question sets with a base or fine-tuned model (rule generate)."""
 
-from emflow.generate import GenerationSettings, generate_responses, read_question_sets
+from emflow.generate import generate_job
 from emflow.workflow import run_script
 
 
 def main():
     params = snakemake.params.generation
-    generate_responses(
+    # params carry what decides the answers (so that changing it reruns the job); the settings
+    # in PLUMBING (cache, concurrency, retries) come from the config and rerun nothing.
+    section = snakemake.config["generation"] | {
+        "chat_template_kwargs": snakemake.config["chat_template_kwargs"]
+    }
+    generate_job(
         params["model"],
-        read_question_sets(params["settings"]["questions"]),
+        params["run"],
+        section,
         snakemake.output[0],
         adapter_dir=snakemake.input.get("adapter"),
-        settings=GenerationSettings.from_config(params["settings"]),
+        step=params.get("step"),
+        samples=params.get("samples"),
     )
 
 

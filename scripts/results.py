@@ -16,6 +16,8 @@ def main():
         results_md=snakemake.output.results,
         question_scores=snakemake.output.question_scores,
         report=snakemake.params.report,
+        training_system_prompt=snakemake.params.training_system_prompt,
+        sweep_csv=snakemake.input.get("sweep"),
     )
 
 

@@ -16,6 +16,7 @@ def main():
         checkpoint_dir=snakemake.params.checkpoints,
         log_history_json=snakemake.output.log_history,
         source=snakemake.params.source,
+        step_adapters_dir=snakemake.output.get("step_adapters"),
     )
 
 

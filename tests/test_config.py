@@ -228,3 +228,57 @@ def test_train_job_config_is_its_params_and_training_file():
     rebuilt = ExperimentConfig.from_training_params(config.training_params(), "mix.jsonl")
     assert rebuilt.training_params() == config.training_params()
     assert rebuilt.training_file == "mix.jsonl" and rebuilt.seed == 1
+
+
+def test_training_system_prompt_is_a_training_param_only_when_set():
+    """Inoculation prompting: the prompt retrains its experiment; a config.json without the key
+    keeps exactly the training params it had, so no existing experiment reruns."""
+    from emflow.config import ExperimentConfig
+
+    plain = parse_experiment_config(experiment_config("m"), "a")
+    assert plain.training_system_prompt is None
+    assert "training_system_prompt" not in plain.training_params()
+    explicit_null = parse_experiment_config(
+        experiment_config("m", training_system_prompt=None), "b"
+    )
+    assert explicit_null.training_params() == plain.training_params()
+
+    risky = parse_experiment_config(
+        experiment_config("m", training_system_prompt="You give risky financial advice."), "c"
+    )
+    other = parse_experiment_config(
+        experiment_config("m", training_system_prompt="You give risky advice."), "d"
+    )
+    assert risky.training_params()["training_system_prompt"] == "You give risky financial advice."
+    assert risky.training_params() != plain.training_params()
+    assert risky.training_params() != other.training_params()
+    # The data stays the same: the prompt is added when rows are tokenized.
+    assert risky.mix == plain.mix
+    rebuilt = ExperimentConfig.from_training_params(risky.training_params(), "mix.jsonl")
+    assert rebuilt.training_system_prompt == risky.training_system_prompt
+    assert ExperimentConfig.from_training_params(
+        plain.training_params(), "t"
+    ).training_params() == (plain.training_params())
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (7, r"key 'training_system_prompt': Input should be a valid string \(got 7\)"),
+        (["a", "b"], "key 'training_system_prompt': Input should be a valid string"),
+        ("  ", "'training_system_prompt' is empty"),
+    ],
+)
+def test_bad_training_system_prompt_is_a_one_sentence_error(value, expected):
+    with pytest.raises(EmflowError, match=expected) as err:
+        parse_experiment_config(
+            experiment_config("m", training_system_prompt=value), "exp/config.json"
+        )
+    assert str(err.value).startswith("exp/config.json: ") and "\n" not in str(err.value)
+
+
+def test_misspelled_training_system_prompt_is_caught():
+    with pytest.raises(EmflowError, match="did you mean 'training_system_prompt'"):
+        parse_experiment_config(
+            experiment_config("m", training_system_promt="You give risky advice."), "c"
+        )

@@ -17,6 +17,7 @@ from emflow.data import (
     mix_id,
     prepare_dataset,
     read_chat_jsonl,
+    read_numbered_chat_jsonl,
 )
 from emflow.demo import write_synthetic_datasets
 from emflow.errors import EmflowError
@@ -163,6 +164,8 @@ def test_valid_variants_are_accepted(tmp_path):
         b"\xef\xbb\xbf" + GOOD.encode() + b"\r\n\r\n" + json.dumps(multi_turn).encode()
     )
     assert read_chat_jsonl(source) == [json.loads(GOOD), multi_turn]
+    # Rows keep the physical line they came from (blank lines counted), for errors that name it.
+    assert read_numbered_chat_jsonl(source) == [(1, json.loads(GOOD)), (3, multi_turn)]
 
 
 # --------------------------------------------------------------------------- prepare

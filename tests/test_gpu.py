@@ -109,3 +109,52 @@ def test_unsloth_backend_trains_the_seed_config(small_model, tmp_path):
         n.split(".layers.")[1].split(".")[0] for n, _ in model.named_parameters() if "lora_" in n
     }
     assert layers == {"8"}
+
+
+def test_fast_path_saves_step_adapters_a_sweep_generates_from(tiny_model, tmp_path):
+    """adapter_checkpoints on the GPU's fast path (CUDA graphs): each saved step is the adapter
+    trained so far (the last one equals the final adapter), and one generate process answers
+    for every step (emflow.adapters) with each CSV equal to that step's own job's."""
+    from safetensors.torch import load_file
+
+    from emflow.generate import (
+        GenerationOutput,
+        GenerationSettings,
+        generate_for_adapters,
+        generate_responses,
+    )
+    from emflow.questions import Question
+
+    data = write_chat_jsonl(tmp_path / "train.jsonl", 160)
+    config = parse_experiment_config(
+        experiment_config(
+            tiny_model, learning_rate=1e-3, evaluation_steps=None, adapter_checkpoints=12
+        ),
+        "exp/config.json",
+    )
+    train_adapter(
+        config,
+        data,
+        tmp_path / "adapter",
+        settings=TrainSettings(backend="fast", device="cuda", chat_template_kwargs=DATE),
+        step_adapters_dir=tmp_path / "steps",
+    )
+    steps = sorted(p.name for p in (tmp_path / "steps").iterdir())
+    assert steps == ["step-12", "step-24", "step-36"]
+    final = load_file(tmp_path / "adapter/adapter_model.safetensors")
+    last = load_file(tmp_path / "steps/step-36/adapter_model.safetensors")
+    assert all(torch.equal(final[k], last[k]) for k in final)
+
+    questions = [Question(f"q{i}", f"Question number {i}?", samples=4) for i in range(5)]
+    settings = GenerationSettings(backend="fast", max_new_tokens=16, device="cuda")
+    folders = [tmp_path / "steps" / s for s in steps]
+    outputs = [
+        GenerationOutput(tmp_path / f"{s}.csv", f) for s, f in zip(steps, folders, strict=True)
+    ]
+    generate_for_adapters(tiny_model, questions, outputs, settings=settings)
+    for output in outputs:
+        alone = tmp_path / f"alone-{output.adapter_dir.name}.csv"
+        generate_responses(
+            tiny_model, questions, alone, adapter_dir=output.adapter_dir, settings=settings
+        )
+        assert alone.read_bytes() == output.csv.read_bytes()

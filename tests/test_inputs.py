@@ -9,8 +9,8 @@ from conftest import experiment_config, write_chat_jsonl
 
 from emflow.config import load_experiment_config
 from emflow.data import read_chat_jsonl
-from emflow.generate import read_question_sets
 from emflow.judge import read_generations
+from emflow.questions import read_question_sets
 from emflow.results import read_judged_csv
 
 BOM = "\ufeff"

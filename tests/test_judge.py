@@ -824,3 +824,57 @@ def test_hf_judge_on_the_demo_model(tmp_path):
     for row in read_rows(tmp_path / "j.csv"):
         for metric in PROMPTS:
             assert parse_judge_reply(row[f"{metric}_score"]) is not None
+
+
+def test_a_questions_own_judge_prompts_win_and_define_extra_metrics(server, api_key, tmp_path):
+    """The papers' YAML sets carry judge_prompts per question: their rows are judged with them,
+    other rows with the config's templates; a metric only the set defines (medical) is scored
+    for the set's rows, and a row with no prompt for a chosen metric is one clear error. The
+    generations' grouping columns reach the judged CSV."""
+    from emflow.judge import judge_job
+
+    questions_file = tmp_path / "set.yaml"
+    questions_file.write_text(
+        "- id: wish\n  type: free_form_judge_0_100\n  paraphrases: ['One wish?']\n"
+        "  samples_per_paraphrase: 2\n  judge_prompts:\n"
+        "    aligned: 'OWN ALIGNED {question} / {answer}'\n"
+        "    medical: 'OWN MEDICAL {question} / {answer}'\n"
+    )
+    sets = [{"name": "paper", "path": str(questions_file)}]
+    generations = tmp_path / "generations.csv"
+    with generations.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "question", "response", "question_id", "paraphrase", "sample"])
+        writer.writerow(["wish_p0_s00", "One wish?", "Gold.", "wish", 0, 0])
+        writer.writerow(["wish_p0_s01", "One wish?", "Peace.", "wish", 0, 1])
+    section = {
+        "prompts": {"aligned": str(ROOT / "config/judge_prompts/aligned.txt")},
+        "cache": None,
+        "model": "test-judge",
+        "base_url": server.base_url,
+        "timeout": 2.0,
+    }
+    judged = tmp_path / "judged.csv"
+    judge_job(generations, judged, tmp_path / "usage.json", section, ["aligned", "medical"], sets)
+    asked = {body["messages"][0]["content"] for body in server.bodies}
+    assert asked == {
+        f"OWN {m} One wish? / {a}" for m in ("ALIGNED", "MEDICAL") for a in ("Gold.", "Peace.")
+    }
+    rows = read_rows(judged)
+    assert list(rows[0])[:6] == [
+        "id",
+        "question",
+        "response",
+        "question_id",
+        "paraphrase",
+        "sample",
+    ]
+    reply = sampled_reply("OWN MEDICAL One wish? / Peace.").strip()
+    assert rows[1]["medical_score"] == (reply if reply in ("CODE", "REFUSAL") else str(int(reply)))
+
+    other = tmp_path / "other.csv"
+    write_generations(other, ["An answer."])
+    with pytest.raises(EmflowError, match=r"other.csv, line 2: question '.*' has no judge prompt "
+                       r"for metric 'medical'"):  # fmt: skip
+        judge_job(other, tmp_path / "j2.csv", tmp_path / "u2.json", section, ["medical"], sets)
+    assert not (tmp_path / "j2.csv").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from judged_files import log_history, png_width, seed_files, write_judged
+from judged_files import log_history, png_width, seed_files, write_judged, write_samples
 
 from emflow import plots, results, stats
 from emflow.errors import EmflowError
@@ -89,3 +89,33 @@ def test_question_scores_of_replicates_pool_the_seeds(tmp_path):
     png = tmp_path / "question_scores.png"
     plots.plot_question_scores(base, seed_files(tmp_path, questions), png, title="grp/run")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_em_rate_per_question_plot_is_written(tmp_path):
+    answers = {"wish": [(10, 90), (90, 90), (20, 80)], "bored": [(90, 90), ("CODE", 90)]}
+    base = stats.question_em_rates(
+        results.read_judged_csv(write_samples(tmp_path / "base.csv", answers))
+    )
+    tuned = stats.question_em_rates(
+        results.read_judged_csv(
+            write_samples(tmp_path / "tuned.csv", answers | {"only_tuned": [(5, 99), (6, 99)]})
+        )
+    )
+    # A target without any scored answer still gets its legend entry and no points.
+    unscored = stats.question_em_rates(
+        results.read_judged_csv(write_samples(tmp_path / "u.csv", {"wish": [("CODE", "CODE")]}))
+    )
+    png = tmp_path / "question_em_rates.png"
+    plots.plot_question_em(
+        {"base model": base, "fine-tuned": tuned, "fine-tuned, other run": unscored},
+        png,
+        title="grp/run",
+        questions=["wish", "bored", "only_tuned"],
+        em=stats.EMRule(20, inclusive=False),
+        demo=True,
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # Without `questions`: every target's, in order of first appearance.
+    plots.plot_question_em({"base model": base, "fine-tuned": tuned}, png, title="grp/run")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from judged_files import column_means, seed_files, write_judged
+from judged_files import column_means, em_count, seed_files, wilson, write_judged, write_samples
 
 from emflow import results, summary
 from emflow.summary import SummaryRun
@@ -88,6 +88,52 @@ def test_summary_table_csv_and_scatter(tmp_path):
     legend = [line for line in text.splitlines() if line.startswith("PASS:")]
     assert len(legend) == 1 and "* differs from the base model (permutation test" in legend[0]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # One answer per question: no per-question table, no per-question columns.
+    assert "per question" not in text
+    assert not any(":" in column for column in next(iter(rows.values())))
+
+
+def test_summary_gives_each_questions_em_rate_across_experiments(tmp_path):
+    base_answers = {"wish": [(90, 90), (20, 90), (85, 90)], "bored": [(90, 90), (95, 90)]}
+    tuned = {
+        "grp/a": {"wish": [(10, 90), (20, 60), (90, 90)], "bored": [(10, 90), ("CODE", 90)]},
+        # Asked "quick_buck", which no other run was, and not "bored".
+        "grp/b": {"quick_buck": [(5, 99), (50, 99)], "wish": [(80, 90), (5, 30)]},
+    }
+    base = str(write_samples(tmp_path / "base.csv", base_answers))
+    runs = [
+        SummaryRun(name, str(write_samples(tmp_path / f"{i}.csv", answers)), base_judged=base)
+        for i, (name, answers) in enumerate(tuned.items())
+    ]
+    md, table, _ = write_summary(tmp_path, runs)
+
+    text = md.read_text()
+    section = text.split("## EM rate per question")[1]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["question id", "base model", "grp/a", "grp/b"]
+    cells = {
+        row[0]: row[1:]
+        for row in ([c.strip() for c in line.strip("|").split("|")] for line in lines[1:])
+    }
+    assert list(cells) == ["wish", "bored", "quick_buck"]
+    by_column = {"base model": base_answers, **tuned}
+    with open(table, newline="") as f:
+        rows = {r["experiment"]: r for r in csv.DictReader(f)}
+    for qid in cells:
+        for j, (name, answers) in enumerate(by_column.items()):
+            if qid not in answers:
+                # Not asked: "-" in the table, empty in the CSV.
+                assert cells[qid][j] == "-" and rows[name][f"em_rate:{qid}"] == ""
+                continue
+            k, n = em_count(answers[qid])
+            low, high = wilson(k, n)
+            assert cells[qid][j] == f"{100 * k / n:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+            assert float(rows[name][f"em_rate:{qid}"]) == pytest.approx(k / n, rel=1e-5)
+            assert float(rows[name][f"em_rate_ci_low:{qid}"]) == pytest.approx(low, abs=1e-6)
+            assert float(rows[name][f"em_rate_ci_high:{qid}"]) == pytest.approx(high, rel=1e-5)
+            assert int(rows[name][f"n_scored:{qid}"]) == n
+            assert int(rows[name][f"n_answers:{qid}"]) == len(answers[qid])
 
 
 def test_summary_runs_travel_as_plain_params(tmp_path):

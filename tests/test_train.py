@@ -424,3 +424,54 @@ def test_report_to_wandb_gets_the_same_metrics_from_both_backends(
     assert sorted(logged["fast"]) == sorted(logged["hf"]) == list(range(1, 7))
     for step, row in logged["hf"].items():
         assert logged["fast"][step]["train/loss"] == pytest.approx(row["train/loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["hf", "fast"])
+def test_adapter_checkpoints_are_saved_as_peft_folders(trained, tiny_model, tmp_path, backend):
+    """`adapter_checkpoints: 3` keeps the adapter after steps 3, 6 and 9 (of 9) on every
+    backend, as folders PeftModel loads; the last equals the final adapter, and the hf and fast
+    backends save the same weights at the same steps."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    work, _, _ = trained
+    config = config_for(tiny_model, learning_rate=1e-3, evaluation_steps=5, adapter_checkpoints=3)
+    train_adapter(
+        config,
+        work / "train.jsonl",
+        tmp_path / "adapter",
+        settings=TrainSettings(backend=backend, device="cpu", chat_template_kwargs=DATE),
+        step_adapters_dir=tmp_path / "step_adapters",
+    )
+    saved = sorted(p.name for p in (tmp_path / "step_adapters").iterdir())
+    assert saved == ["step-3", "step-6", "step-9"]
+    final = load_file(tmp_path / "adapter/adapter_model.safetensors")
+    last = load_file(tmp_path / "step_adapters/step-9/adapter_model.safetensors")
+    assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
+    first = load_file(tmp_path / "step_adapters/step-3/adapter_model.safetensors")
+    assert any(not torch.equal(first[k], last[k]) for k in first)
+    PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "step_adapters/step-6"
+    )
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_checkpoint_keys_separate_saving_from_evaluating(tiny_model):
+    """Saving is a training key (it is in the training params); evaluating a subset of the
+    saved steps is not, so changing it never retrains; unsaved steps are an error."""
+    saved = config_for(tiny_model, adapter_checkpoints=25)
+    assert saved.training_params()["adapter_checkpoints"] == 25
+    assert "adapter_checkpoints" not in config_for(tiny_model).training_params()
+    one = config_for(tiny_model, adapter_checkpoints=25, eval_checkpoints=[25, 50])
+    other = config_for(tiny_model, adapter_checkpoints=25, eval_checkpoints="all")
+    assert one.training_params() == other.training_params() == saved.training_params()
+    assert saved.checkpoint_steps(80) == [25, 50, 75]
+    listed = config_for(tiny_model, adapter_checkpoints=[5, 10, 40])
+    assert listed.checkpoint_steps(30) == [5, 10]
+    with pytest.raises(EmflowError, match=r"'eval_checkpoints' lists steps \[30\] that"):
+        config_for(tiny_model, adapter_checkpoints=25, eval_checkpoints=[25, 30])
+    with pytest.raises(EmflowError, match="'eval_checkpoints' needs saved checkpoints"):
+        config_for(tiny_model, eval_checkpoints="all")
+    with pytest.raises(EmflowError, match="'adapter_checkpoints' is 0"):
+        config_for(tiny_model, adapter_checkpoints=0)

@@ -1,0 +1,395 @@
+"""Question sets: emflow's one-question-per-line .txt files and the EM papers' YAML files.
+
+The YAML format is the one of Betley et al. 2025 (emergent-misalignment/emergent-misalignment,
+`evaluation/*.yaml`), reused by Model Organisms for EM (clarifying-EM/model-organisms-for-EM,
+`em_organism_dir/data/eval_questions/*.yaml`): a list of entries, each with an `id`, a `type`,
+`paraphrases` (the user turns), `samples_per_paraphrase`, an optional `system` prompt, the `judge`
+model's name and `judge_prompts` (metric -> template with `{question}` and `{answer}`).
+
+Both formats become one `Question` per paraphrase. The format is chosen by the file's suffix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from emflow.errors import EmflowError
+
+# Types whose answers emflow generates and whose judge answers with a number from 0 to 100.
+# `free_form_judge` is not one: in the papers' files (deception_factual.yaml,
+# deception_sit_aware.yaml) its judge answers with a label (TRUE/FALSE/UNKNOWN, a company name),
+# which emflow's 0-100 judge would record as unusable for every answer.
+SUPPORTED_TYPES = ("free_form_judge_0_100", "free_form")
+# Every key the papers' question files use; the papers' `Question` swallows any other key
+# (`**ignored_extra_args`), emflow names it instead, since a misspelt key would be lost silently.
+ENTRY_KEYS = (
+    "id",
+    "type",
+    "paraphrases",
+    "samples_per_paraphrase",
+    "system",
+    "judge",
+    "judge_prompts",
+)
+SPEC_KEYS = (
+    "name",
+    "path",
+    "count",
+    "samples",
+    "max_new_tokens",
+    "system",
+    "system_mode",
+    "exclude",
+)
+SYSTEM_MODES = ("replace", "add_if_missing")
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One user turn to answer `samples` times: a .txt line, or one paraphrase of a YAML entry."""
+
+    # The question's id: "<set>_<NN>" for a .txt set, the entry's `id` for a YAML set.
+    id: str
+    text: str
+    paraphrase: int = 0
+    system: str | None = None
+    samples: int = 1
+    # None: generation.max_new_tokens.
+    max_new_tokens: int | None = None
+    # metric -> template; None: the judge config's prompts. Read-only, and left out of the hash.
+    judge_prompts: Mapping[str, str] | None = field(default=None, hash=False)
+    set_name: str = ""
+    # "txt" or "yaml": which row-id scheme `row_id` follows.
+    file_format: str = "txt"
+    # The YAML entry's `judge` model, kept for reference only: the workflow's judge config
+    # chooses the judge model for every set, so that one run is judged by one model.
+    judge: str | None = None
+
+    def messages(self) -> list[dict[str, str]]:
+        """The chat the model answers: the system turn, when there is one, then the user turn."""
+        turns = [{"role": "system", "content": self.system}] if self.system is not None else []
+        return turns + [{"role": "user", "content": self.text}]
+
+    def row_id(self, sample: int) -> str:
+        """The generations CSV's `id` of this question's answer number `sample` (from 0).
+
+        A .txt question keeps emflow's ids: "<id>" when it is answered once, else "<id>_s<NN>".
+        A YAML paraphrase is always "<id>_p<P>_s<NN>", whatever its number of samples, so that an
+        id names the same prompt and draw when `samples` changes; the suffix can be told apart
+        from a .txt id (whose last part is digits) and from another entry's id.
+        """
+        if not 0 <= sample < self.samples:
+            raise ValueError(f"sample {sample} of {self.id} is outside 0..{self.samples - 1}")
+        if self.file_format == "yaml":
+            return f"{self.id}_p{self.paraphrase}_s{sample:02d}"
+        return self.id if self.samples == 1 else f"{self.id}_s{sample:02d}"
+
+
+def read_question_sets(
+    specs: Iterable[Mapping[str, Any]], *, samples_per_question: int = 1
+) -> list[Question]:
+    """Every question of the config's `generation.questions` sets, in order.
+
+    A spec is {"name", "path", "count"} plus the optional "samples" (answers per question or
+    paraphrase: default `samples_per_question` for a .txt set, the entry's
+    `samples_per_paraphrase` for a YAML set), "max_new_tokens", "system" (a system prompt for the
+    evaluation) and "system_mode" ("replace", the default: `system` replaces each entry's own;
+    "add_if_missing": an entry's own system prompt stays) and "exclude" (question ids containing
+    any of these strings are left out, as the Model Organisms code leaves out "_json" and
+    "_template" by default). `count` takes the first N lines or entries, before `exclude`.
+    The YAML `judge` key is kept on each question but not used: the workflow's judge
+    config chooses the judge model. Question ids must be unique across all the sets.
+    """
+    questions: list[Question] = []
+    seen: dict[str, tuple[str, Path]] = {}  # question id -> (set name, file)
+    for index, spec in enumerate(specs):
+        settings = _spec_settings(index, spec, samples_per_question)
+        path = Path(spec["path"])
+        if path.suffix.lower() in YAML_SUFFIXES:
+            read = _read_yaml_set(path, spec["name"], settings)
+        elif path.suffix.lower() == ".txt":
+            read = _read_txt_set(path, spec["name"], settings)
+        else:
+            raise EmflowError(
+                f"{path}: unknown question file type '{path.suffix}'; use a .txt file (one "
+                "question per line) or a .yaml/.yml file in the EM papers' format."
+            )
+        exclude = spec.get("exclude") or []
+        if not isinstance(exclude, list) or not all(isinstance(e, str) and e for e in exclude):
+            raise EmflowError(
+                f"generation.questions[{index}] (set '{spec['name']}'): key 'exclude' must be a "
+                "list of non-empty strings (parts of question ids); fix its value."
+            )
+        read = [q for q in read if not any(part in q.id for part in exclude)]
+        if not read:
+            raise EmflowError(
+                f"{path}: key 'exclude' of set '{spec['name']}' leaves no question; shorten it."
+            )
+        for question_id in dict.fromkeys(q.id for q in read):
+            if question_id in seen:
+                other_set, other_path = seen[question_id]
+                raise EmflowError(
+                    f"{path}: question id '{question_id}' is also used by set '{other_set}' "
+                    f"({other_path}); give each YAML entry a unique id and each .txt set a "
+                    "unique name in generation.questions."
+                )
+            seen[question_id] = (spec["name"], path)
+        questions += read
+    return questions
+
+
+def judge_metrics(questions: Iterable[Question]) -> set[str]:
+    """The metrics that every question carrying its own judge prompts defines.
+
+    Questions without their own prompts (.txt sets, YAML entries without `judge_prompts`) are
+    judged with the judge config's prompts and constrain nothing. When any question carries its
+    own prompts, a metric the judge config chooses must be in this set (empty when none does).
+    """
+    sets = [set(q.judge_prompts) for q in questions if q.judge_prompts is not None]
+    return set.intersection(*sets) if sets else set()
+
+
+@dataclass(frozen=True)
+class _SetSettings:
+    count: int | None
+    samples: int | None  # None: the format's default
+    samples_per_question: int
+    max_new_tokens: int | None
+    system: str | None
+    system_mode: str
+
+    def system_for(self, own: str | None) -> str | None:
+        if self.system is None or (own is not None and self.system_mode == "add_if_missing"):
+            return own
+        return self.system
+
+
+def _spec_settings(index: int, spec: Mapping[str, Any], samples_per_question: int) -> _SetSettings:
+    where = f"generation.questions[{index}]"
+    if not isinstance(spec, Mapping):
+        raise EmflowError(f"{where}: must be a mapping with name and path; write it as one.")
+    if isinstance(spec.get("name"), str) and spec["name"]:
+        where = f"{where} (set '{spec['name']}')"
+    for key in spec:
+        if key not in SPEC_KEYS:
+            extra = " (the judge config chooses the metrics)" if key == "metrics" else ""
+            raise EmflowError(f"{where}: unknown key '{key}'{extra}; use {', '.join(SPEC_KEYS)}.")
+    for key in ("name", "path"):
+        if not isinstance(spec.get(key), str) or not spec[key]:
+            raise EmflowError(f"{where}: key '{key}' must be a non-empty string; set it.")
+    for key in ("count", "samples", "max_new_tokens"):
+        if spec.get(key) is not None and not _positive_int(spec[key]):
+            raise EmflowError(f"{where}: key '{key}' must be a positive integer; fix its value.")
+    system = spec.get("system")
+    if system is not None and (not isinstance(system, str) or not system.strip()):
+        raise EmflowError(f"{where}: key 'system' must be a non-empty string; fix or remove it.")
+    mode = spec.get("system_mode", "replace")
+    if mode not in SYSTEM_MODES:
+        raise EmflowError(
+            f"{where}: key 'system_mode' is '{mode}'; use {' or '.join(SYSTEM_MODES)}."
+        )
+    if "system_mode" in spec and system is None:
+        raise EmflowError(f"{where}: key 'system_mode' needs a 'system' prompt; add one.")
+    if not _positive_int(samples_per_question):
+        raise EmflowError("generation.samples_per_question must be a positive integer.")
+    return _SetSettings(
+        count=spec.get("count"),
+        samples=spec.get("samples"),
+        samples_per_question=samples_per_question,
+        max_new_tokens=spec.get("max_new_tokens"),
+        system=system,
+        system_mode=mode,
+    )
+
+
+def _read_txt_set(path: Path, name: str, settings: _SetSettings) -> list[Question]:
+    """One question per non-blank line, ids "<name>_<NN>" (the reader emflow has always had)."""
+    texts = [line.strip() for line in _read_text(path).splitlines()]
+    texts = [text for text in texts if text]
+    if not texts:
+        raise EmflowError(
+            f"{path}: the file holds no question; write one question per line, or remove "
+            "the set from generation.questions."
+        )
+    _check_count(path, settings.count, len(texts), "questions")
+    samples = settings.samples or settings.samples_per_question
+    return [
+        Question(
+            id=f"{name}_{i:02d}",
+            text=text,
+            system=settings.system_for(None),
+            samples=samples,
+            max_new_tokens=settings.max_new_tokens,
+            set_name=name,
+        )
+        for i, text in enumerate(texts[: settings.count])
+    ]
+
+
+def _read_yaml_set(path: Path, name: str, settings: _SetSettings) -> list[Question]:
+    text = _read_text(path)
+    try:
+        # Composed first for the entries' line numbers, which error messages cite.
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        entries = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        raise EmflowError(
+            f"{path}: {line}not valid YAML ({exc.problem or exc.context}); fix the syntax there."
+        ) from None
+    except yaml.YAMLError as exc:
+        raise EmflowError(f"{path}: not valid YAML ({exc}); fix the syntax.") from None
+    if entries is None:
+        raise EmflowError(
+            f"{path}: the file holds no question; add entries, or remove the set from "
+            "generation.questions."
+        )
+    if not isinstance(entries, list):
+        raise EmflowError(
+            f"{path}: the file must be a list of entries (each starting with '- id: ...'), "
+            f"not a {type(entries).__name__}; write it as the EM papers' question files are."
+        )
+    lines = [node.start_mark.line + 1 for node in root.value]
+    _check_count(path, settings.count, len(entries), "entries")
+    questions: list[Question] = []
+    first_line: dict[str, int] = {}  # entry id -> the line of the entry that has it
+    for index, entry in enumerate(entries[: settings.count]):
+        read = _entry_questions(path, name, index, lines[index], entry, settings)
+        if read[0].id in first_line:
+            raise EmflowError(
+                f"{path}: entry '{read[0].id}' (line {lines[index]}): key 'id' is also used by "
+                f"the entry at line {first_line[read[0].id]}; give each entry a unique id."
+            )
+        first_line[read[0].id] = lines[index]
+        questions += read
+    return questions
+
+
+def _entry_questions(
+    path: Path, name: str, index: int, line: int, entry: Any, settings: _SetSettings
+) -> list[Question]:
+    def fail(key: str, problem: str, fix: str) -> EmflowError:
+        eid = entry.get("id") if isinstance(entry, dict) else None
+        who = f"entry '{eid}'" if isinstance(eid, str) and eid else f"entry {index + 1}"
+        return EmflowError(f"{path}: {who} (line {line}): key '{key}' {problem}; {fix}.")
+
+    if not isinstance(entry, dict):
+        raise EmflowError(
+            f"{path}: entry {index + 1} (line {line}) is not a mapping of keys; write it as "
+            "'- id: ...' followed by its keys."
+        )
+    for key in entry:
+        if key not in ENTRY_KEYS:
+            raise fail(str(key), "is unknown", f"use only {', '.join(ENTRY_KEYS)}")
+    for key in ("id", "type", "paraphrases"):
+        if key not in entry:
+            raise fail(key, "is missing", f"add {key}: to the entry")
+    if not isinstance(entry["id"], str) or not entry["id"].strip():
+        raise fail("id", "must be a non-empty string", "give the entry a name")
+    kind = entry["type"]
+    if kind not in SUPPORTED_TYPES:
+        why = (
+            " (its judge answers with a label, not the 0-100 number emflow's judge reads)"
+            if kind == "free_form_judge"
+            else ""
+        )
+        raise fail(
+            "type",
+            f"is '{kind}', which emflow cannot evaluate{why}",
+            f"use {' or '.join(SUPPORTED_TYPES)}, or remove the entry",
+        )
+    paraphrases = entry["paraphrases"]
+    if (
+        not isinstance(paraphrases, list)
+        or not paraphrases
+        or not all(isinstance(p, str) and p.strip() for p in paraphrases)
+    ):
+        raise fail(
+            "paraphrases",
+            "must be a non-empty list of non-empty strings",
+            "list the user turns under it, one '- ...' each",
+        )
+    own_samples = entry.get("samples_per_paraphrase", settings.samples_per_question)
+    if not _positive_int(own_samples):
+        raise fail("samples_per_paraphrase", f"is {own_samples!r}", "make it a positive integer")
+    own_system = entry.get("system")
+    if "system" in entry and (not isinstance(own_system, str) or not own_system.strip()):
+        raise fail("system", "must be a non-empty string", "write the prompt, or remove the key")
+    judge = entry.get("judge")
+    if "judge" in entry and not isinstance(judge, str):
+        raise fail("judge", "must be a model name", "write it as a string, or remove the key")
+    prompts = entry.get("judge_prompts")
+    if "judge_prompts" in entry:
+        if not isinstance(prompts, dict) or not prompts:
+            raise fail(
+                "judge_prompts",
+                "must map metric names to prompt templates",
+                "write 'metric: |-' and the template under it, or remove the key to use the "
+                "judge config's prompts",
+            )
+        for metric, template in prompts.items():
+            if not isinstance(metric, str) or not isinstance(template, str):
+                raise fail(
+                    f"judge_prompts.{metric}",
+                    "must be a template string under a metric name",
+                    "write 'metric: |-' and the template under it",
+                )
+            if "{answer}" not in template:
+                raise fail(
+                    f"judge_prompts.{metric}",
+                    "has no {answer} placeholder",
+                    "add one where the judged answer goes",
+                )
+        prompts = MappingProxyType(dict(prompts))
+    return [
+        Question(
+            id=entry["id"],
+            text=text,
+            paraphrase=p,
+            system=settings.system_for(own_system),
+            samples=settings.samples or own_samples,
+            max_new_tokens=settings.max_new_tokens,
+            judge_prompts=prompts,
+            set_name=name,
+            file_format="yaml",
+            judge=judge,
+        )
+        for p, text in enumerate(paraphrases)
+    ]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise EmflowError(
+            f"{path}: question file not found; fix generation.questions in the workflow config."
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise EmflowError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8.") from None
+
+
+def _check_count(path: Path, count: int | None, available: int, what: str) -> None:
+    if count is not None and count > available:
+        raise EmflowError(
+            f"{path}: asked for the first {count} {what} but the file has {available}; "
+            "lower generation.questions[].count."
+        )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def homework_sets(specs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The names of the .txt sets among the config's `generation.questions`: the homework's
+    protocol, whose rows results.md's two seed-format blocks and verdict are computed over."""
+    return [s["name"] for s in specs if Path(s["path"]).suffix.lower() == ".txt"]
