@@ -699,6 +699,11 @@ def write_experiment_results(
             demo=report["demo"],
         )
         plots.insert(1, ("EM rate per question, fine-tuned vs base model", em_png))
+    elif question_em_rates is not None:
+        raise EmflowError(
+            f"{experiment}: the workflow asks for the EM rate per question, but no question of "
+            "the judged CSVs has more than one answer; regenerate with the current question sets."
+        )
     else:
         Path(em_png).unlink(missing_ok=True)
     text = results_markdown(

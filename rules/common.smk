@@ -11,7 +11,7 @@ from emflow.errors import EmflowError
 from emflow.generate import PLUMBING, GenerationSettings
 from emflow.judge import SCORE_SETTINGS, JudgeSettings
 from emflow.preflight import check_workflow
-from emflow.questions import homework_sets
+from emflow.questions import homework_sets, read_question_sets
 from emflow.paths import (
     EXPERIMENT_PATTERN,
     RUN_PATTERN,
@@ -329,6 +329,7 @@ def get_judge_inputs(wildcards):
 
 # ---- results and summary ----------------------------------------------------
 
+
 # The report settings, and which question sets are the homework's (their rows make the
 # seed-format blocks and the verdict).
 REPORT = config["report"] | {
@@ -347,6 +348,29 @@ def experiment_labels(shows):
         "experiment": wildcards.experiment.split("/")[1],
         "shows": shows,
     }
+
+
+# Whether some question is answered several times: results then draw each question's EM rate.
+MULTI_SAMPLE = any(
+    q.samples > 1
+    for q in read_question_sets(
+        config["generation"]["questions"],
+        samples_per_question=config["generation"]["samples_per_question"],
+    )
+)
+QUESTION_EM_OUTPUT = (
+    {
+        "question_em_rates": report(
+            PATHS.question_em_rates("{experiment}"),
+            caption="../config/report/question_em_rates.rst",
+            category="Experiments",
+            subcategory=group_of,
+            labels=experiment_labels("EM rate per question"),
+        )
+    }
+    if MULTI_SAMPLE
+    else {}
+)
 
 
 def run_targets(experiment):

@@ -56,6 +56,7 @@ rule results:
         unpack(get_results_inputs),
         training_curves=PATHS.training_curves("{experiment}"),
     output:
+        **QUESTION_EM_OUTPUT,
         results=report(
             PATHS.results_md("{experiment}"),
             caption="../config/report/results.rst",

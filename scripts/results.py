@@ -18,6 +18,7 @@ def main():
         report=snakemake.params.report,
         training_system_prompt=snakemake.params.training_system_prompt,
         sweep_csv=snakemake.input.get("sweep"),
+        question_em_rates=snakemake.output.get("question_em_rates"),
     )
 
 

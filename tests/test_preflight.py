@@ -121,3 +121,20 @@ def test_dry_run_stops_at_a_layer_the_demo_model_lacks(tmp_path):
         "experiments/demo/financial_r16_layer8/config.json: layers_to_transform holds 20 but"
         in result.stderr
     )
+
+
+def test_a_judge_metric_without_a_prompt_for_some_question_stops_the_plan():
+    """judge.metrics may name a metric only a YAML set's own prompts define (the first-plot
+    set's `medical`); a .txt question has none, so the plan stops before any job."""
+    from emflow.preflight import check_judge_metrics
+    from emflow.questions import read_question_sets
+
+    first_plot = {"name": "paper", "path": str(REPO / "config/questions/first_plot_questions.yaml")}
+    judge = {"prompts": {"aligned": "a.txt", "coherent": "c.txt"}, "metrics": ["medical"]}
+    check_judge_metrics(read_question_sets([first_plot]), judge)  # every entry defines it
+    with pytest.raises(
+        EmflowError,
+        match=r"judge.metrics lists 'medical', but question 'medical_00' \(set 'medical'\) has "
+        r"no judge prompt for it",
+    ):
+        check_judge_metrics(read_question_sets([*QUESTIONS, first_plot]), judge)

@@ -134,7 +134,9 @@ def sweep_outputs(experiment: str, generated: bool = True) -> set[str]:
 
 
 def results_outputs(experiment: str) -> set[str]:
-    return {f"experiments/{experiment}/results.md", f"experiments/{experiment}/question_scores.png"}
+    # The demo asks its papers'-format questions several times: each question's EM rate too.
+    names = ("results.md", "question_scores.png", "question_em_rates.png")
+    return {f"experiments/{experiment}/{name}" for name in names}
 
 
 def experiment_outputs(experiment: str) -> set[str]:
@@ -367,6 +369,25 @@ def test_a_sweep_in_one_job_plans_one_generate_job_per_run(tmp_path):
     assert counts["generate_sweep"] == "1" and counts["sweep_step_generations"] == "3"
     # The base model and the five runs' final adapters; the steps are not generated one by one.
     assert counts["generate"] == "6" and counts["judge"] == "9"
+
+
+def test_the_papers_protocol_config_plans_the_seed_runs_with_the_first_plot_set(tmp_path):
+    """config/paper.yaml over config.yaml: the same six trainings, every target answering the
+    8 plain first-plot questions 50 times at 600 tokens, judged by the logprob judge."""
+    from emflow.questions import read_question_sets
+
+    workdir = copy_workflow(tmp_path / "emflow")
+    result = snakemake(workdir, "-n", "--configfile", "config/paper.yaml")
+    assert result.returncode == 0, result.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
+    assert counts["train"] == "6" and counts["generate"] == counts["judge"] == "7"
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    questions = read_question_sets(
+        [{**q, "path": str(REPO / q["path"])} for q in paper["generation"]["questions"]]
+    )
+    assert len({q.id for q in questions}) == 8 and {q.samples for q in questions} == {50}
+    assert all(q.system is None for q in questions)
+    assert paper["generation"]["max_new_tokens"] == 600 and paper["judge"]["mode"] == "logprob"
 
 
 def test_missing_archive_says_where_to_put_it(tmp_path):
