@@ -27,7 +27,8 @@ DEMO_RUNS = [
     "demo/mixed_r16_layer8",
     "demo/mixed_r16_layer8_inoculated",
 ]
-BASE = "results/demo/base/results--demo--tiny-llama"
+BASE_TARGET = "base/results--demo--tiny-llama"
+BASE = f"results/demo/{BASE_TARGET}"
 
 
 def copy_workflow(destination: Path) -> Path:
@@ -113,7 +114,7 @@ def run_outputs(run: str) -> set[str]:
 
 
 # The demo's checkpoint sweep: the steps it evaluates (adapter_checkpoints 8: 8, 16, 24 saved).
-SWEEP_STEPS = {"demo/financial_r16_layer8": [8, 16, 24]}
+SWEEP_STEPS = {"demo/financial_r16_layer8": [8, 16]}
 SUMMARY_SWEEPS = {"results/demo/summary_sweeps.png"}
 
 
@@ -213,8 +214,9 @@ def test_finished_demo_has_nothing_pending(finished_copy):
 
 
 def test_new_evaluated_step_schedules_only_that_checkpoint(finished_copy):
-    """eval_checkpoints is an evaluation key: evaluating one more saved step generates and
-    judges only that checkpoint, and redraws the sweep; nothing retrains."""
+    """eval_checkpoints is an evaluation key: evaluating one more saved step (24) generates and
+    judges only that checkpoint and redraws the sweep; evaluating fewer redraws it; nothing
+    retrains."""
     experiment = "demo/financial_r16_layer8"
     path = finished_copy / f"experiments/{experiment}/config.json"
     config = json.loads(path.read_text())
@@ -224,16 +226,12 @@ def test_new_evaluated_step_schedules_only_that_checkpoint(finished_copy):
         | SUMMARY
         | SUMMARY_SWEEPS
     )
-    # Fewer steps: the sweep is redrawn from what was judged; nothing is generated or trained.
-    path.write_text(json.dumps(config | {"eval_checkpoints": [8, 16]}, indent=4))
-    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == redrawn
-    # A step not evaluated yet (its target removed): that checkpoint alone is generated and
-    # judged, from the adapter training saved.
-    path.write_text(json.dumps(config, indent=4))
-    shutil.rmtree(finished_copy / f"results/demo/runs/{experiment}/step-24")
+    path.write_text(json.dumps(config | {"eval_checkpoints": [8, 16, 24]}, indent=4))
     assert pending_outputs(finished_copy, "--profile", "profiles/demo") == (
         target_outputs(f"runs/{experiment}/step-24") | redrawn
     )
+    path.write_text(json.dumps(config | {"eval_checkpoints": [8]}, indent=4))
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == redrawn
 
 
 def test_new_checkpoint_saving_retrains_that_experiment(finished_copy):
@@ -356,7 +354,7 @@ def test_fresh_clone_dry_run_lists_the_seed_plan(tmp_path):
 
 
 def test_a_sweep_in_one_job_plans_one_generate_job_per_run(tmp_path):
-    """generation.sweep_in_one_job: the demo's three evaluated steps come from one
+    """generation.sweep_in_one_job: the demo's two evaluated steps come from one
     generate_sweep job (one model load), split into the per-step CSVs the judge reads."""
     workdir = copy_workflow(tmp_path / "emflow")
     (workdir / "one_job.yaml").write_text("generation:\n  sweep_in_one_job: true\n")
@@ -366,9 +364,9 @@ def test_a_sweep_in_one_job_plans_one_generate_job_per_run(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
-    assert counts["generate_sweep"] == "1" and counts["sweep_step_generations"] == "3"
+    assert counts["generate_sweep"] == "1" and counts["sweep_step_generations"] == "2"
     # The base model and the five runs' final adapters; the steps are not generated one by one.
-    assert counts["generate"] == "6" and counts["judge"] == "9"
+    assert counts["generate"] == "6" and counts["judge"] == "8"
 
 
 def test_the_papers_protocol_config_plans_the_seed_runs_with_the_first_plot_set(tmp_path):
@@ -463,7 +461,7 @@ def test_emflow_summary_uses_the_runs_judged_so_far(finished_copy):
 
 def evaluation_outputs(generated: bool = True) -> set[str]:
     """What regenerating (or only rejudging) every target rebuilds (no model, no adapter)."""
-    expected = target_outputs(BASE, generated) | SUMMARY | SUMMARY_SWEEPS
+    expected = target_outputs(BASE_TARGET, generated) | SUMMARY | SUMMARY_SWEEPS
     for experiment in DEMO_RUNS:
         expected |= results_outputs(experiment) | sweep_outputs(experiment, generated)
         for run in runs_of(experiment):
