@@ -199,22 +199,16 @@ def generate_for_adapters(
     if settings.backend == "openai":
         from emflow.generate_openai import openai_responses
 
-        def answer_with(output: GenerationOutput):
-            model = output.served_model or served_model_name(settings, model_name, None)
-            return _by_token_limit(
-                jobs,
-                settings,
-                lambda chats, group: openai_responses(
-                    chats, [k for _, k in group], model, settings_for(group)
-                ),
-            )
-
-        def settings_for(group):
-            return replace(settings, max_new_tokens=_token_limit(group[0][0], settings))
-
         counts = []
         for output in outputs:
-            responses = answer_with(output)
+            model = output.served_model or served_model_name(settings, model_name, None)
+            responses = _by_token_limit(
+                jobs,
+                settings,
+                lambda chats, group, limited, model=model: openai_responses(
+                    chats, [k for _, k in group], model, limited
+                ),
+            )
             _write_generations(output.csv, jobs, responses)
             counts.append(len(responses))
         return counts
@@ -239,12 +233,7 @@ def generate_for_adapters(
             responses = _by_token_limit(
                 jobs,
                 settings,
-                lambda chats, group, model=model: local(
-                    tokenizer,
-                    model,
-                    chats,
-                    replace(settings, max_new_tokens=_token_limit(group[0][0], settings)),
-                ),
+                lambda chats, group, limited, model=model: local(tokenizer, model, chats, limited),
             )
         _write_generations(output.csv, jobs, responses)
         counts.append(len(responses))
@@ -256,18 +245,18 @@ def _token_limit(question: Question, settings: GenerationSettings) -> int:
 
 
 def _by_token_limit(jobs, settings: GenerationSettings, answer) -> list[str]:
-    """`answer(chats, jobs)` once per distinct token limit (a set may set its own), in order of
-    first appearance; the answers back in the order of `jobs`. With one limit (the usual case)
-    this is one call over every job, as before sets could set limits."""
+    """`answer(chats, jobs, settings)` once per distinct token limit (a set may set its own),
+    with the settings' max_new_tokens set to it, in order of first appearance; the answers back
+    in the order of `jobs`. With one limit (the usual case) this is one call over every job."""
     groups: dict[int, list[int]] = {}
     for i, (question, _) in enumerate(jobs):
         groups.setdefault(_token_limit(question, settings), []).append(i)
     responses: list[str] = [""] * len(jobs)
-    for indices in groups.values():
+    for limit, indices in groups.items():
         group = [jobs[i] for i in indices]
-        for i, response in zip(
-            indices, answer([q.messages() for q, _ in group], group), strict=True
-        ):
+        chats = [q.messages() for q, _ in group]
+        limited = replace(settings, max_new_tokens=limit)
+        for i, response in zip(indices, answer(chats, group, limited), strict=True):
             responses[i] = response
     return responses
 
