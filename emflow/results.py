@@ -68,6 +68,17 @@ def em_rule(em_thresholds: Mapping[str, float]) -> stats.EMRule:
     return stats.EMRule(aligned, inclusive, em_thresholds["coherent_above"])
 
 
+def report_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A workflow config's `report` section plus its `homework_sets` (the .txt question sets,
+    whose rows make the seed-format blocks and the verdict): what `Analysis.from_report_config`
+    reads, for the results and summary rules and `emflow summary` alike."""
+    from emflow.questions import homework_sets
+
+    return dict(config["report"]) | {
+        "homework_sets": homework_sets(config["generation"]["questions"])
+    }
+
+
 @dataclass(frozen=True)
 class Analysis:
     """How runs are measured and compared: thresholds, CI level, bootstrap size and seed, and
@@ -623,13 +634,14 @@ def write_results(
     return results
 
 
-def _sweep_section(sweep_csv: str | None, base_judged: str, analysis: Analysis, here: str) -> str:
+def _sweep_section(sweep_csv: str | None, results: ExperimentResults, here: str) -> str:
     if sweep_csv is None:
         return ""
     from emflow.sweeps import sweep_markdown
 
     png = os.path.relpath(os.path.splitext(sweep_csv)[0] + ".png", here)
-    return sweep_markdown(sweep_csv, base_judged, analysis, png)
+    base_em = results.base.metrics["em_rate"]  # the estimate results.md reports already
+    return sweep_markdown(sweep_csv, base_em, results.analysis, png)
 
 
 def _read_json(path: str | os.PathLike) -> Any:
@@ -713,6 +725,6 @@ def write_experiment_results(
         demo=report["demo"],
         plots=[(text, os.path.relpath(path, here)) for text, path in plots],
         training_system_prompt=training_system_prompt,
-        sweep=_sweep_section(sweep_csv, base_judged, analysis, here),
+        sweep=_sweep_section(sweep_csv, results, here),
     )
     write_text_atomic(results_md, text)

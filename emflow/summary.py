@@ -30,6 +30,7 @@ from emflow.results import (
     compare,
     load_run,
     parse_results_markdown,
+    report_settings,
 )
 from emflow.tables import (
     DEMO_NOTICE,
@@ -530,11 +531,9 @@ def summarize_finished(configfile: str | Path = "config/config.yaml") -> tuple[P
             f"{layout.judged('runs/<group>/<name>')}); run the workflow first."
         )
     reported = {r.name: layout.reported_results(r.name) for r in runs}
-    from emflow.questions import homework_sets
-
     write_summary(
         runs,
-        config["report"] | {"homework_sets": homework_sets(config["generation"]["questions"])},
+        report_settings(config),
         reported={name: path for name, path in reported.items() if Path(path).exists()},
         markdown=layout.summary(".md"),
         csv_path=layout.summary(".csv"),

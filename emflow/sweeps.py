@@ -19,6 +19,7 @@ from typing import Any
 
 from emflow.config import ExperimentConfig
 from emflow.errors import EmflowError
+from emflow.train import optimizer_steps
 
 # One row per (seed, step): the scores with their CIs, the loss and the LoRA norm.
 SWEEP_COLUMNS = [
@@ -59,8 +60,7 @@ def planned_optimizer_steps(config: ExperimentConfig, training_file: str | None)
         return None
     if config.test_file is None and config.test_size:
         rows -= math.ceil(config.test_size * rows)  # datasets' train_test_split
-    per_epoch = math.ceil(rows / config.per_device_train_batch_size)
-    return config.epochs * math.ceil(per_epoch / config.gradient_accumulation_steps)
+    return optimizer_steps(config, rows)
 
 
 def eval_steps(config: ExperimentConfig, total_steps: int | None, source: str) -> list[int]:
@@ -230,16 +230,18 @@ def write_summary_sweeps(tables: Mapping[str, str], png: str, *, demo: bool = Fa
     plot_sweeps({name: pd.read_csv(path) for name, path in tables.items()}, png, demo=demo)
 
 
-def sweep_markdown(table_csv: str, base_judged: str, analysis, png: str | None = None) -> str:
+def sweep_markdown(table_csv: str, base_em, analysis, png: str | None = None) -> str:
     """results.md's "Checkpoint sweep" section: a table of steps (mean over seeds for
-    replicates) and the first step whose EM rate is outside the base model's noise."""
+    replicates) and the first step whose EM rate is outside the base model's noise.
+
+    `base_em` is the base model's EM-rate estimate (`stats.Estimate`), as results.md has it.
+    """
     import pandas as pd
 
     from emflow.tables import markdown_table
 
     table = pd.read_csv(table_csv)
-    base = base_values(base_judged, analysis)
-    first = first_em_step(table, base["em_rate"][2])
+    first = first_em_step(table, base_em.ci_high)
     seeds = table["seed"].nunique()
     means = table.groupby("step").mean(numeric_only=True)
     rows = []
@@ -271,8 +273,8 @@ def sweep_markdown(table_csv: str, base_judged: str, analysis, png: str | None =
             rows,
         ),
         "",
-        f"Base model: EM rate {base['em_rate'][0]:.1%} [{base['em_rate'][1]:.1%}, "
-        f"{base['em_rate'][2]:.1%}]. "
+        f"Base model: EM rate {base_em.value:.1%} [{base_em.ci_low:.1%}, "
+        f"{base_em.ci_high:.1%}]. "
         + (
             f"**The EM rate is outside the base model's noise from step {first} on** (the first "
             f"step whose {level}% CI lies above the base model's)."

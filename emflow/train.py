@@ -428,7 +428,7 @@ def train_adapter(
         len(train_rows),
         len(eval_rows),
         config.epochs,
-        _optimizer_steps(config, len(train_rows)),
+        optimizer_steps(config, len(train_rows)),
     )
     if backend == "fast":
         from emflow.train_fast import fast_train
@@ -500,7 +500,8 @@ def _settings_params(settings: TrainSettings) -> dict[str, Any]:
     }
 
 
-def _optimizer_steps(config: ExperimentConfig, n_rows: int) -> int:
+def optimizer_steps(config: ExperimentConfig, n_rows: int) -> int:
+    """Optimizer steps of a run on `n_rows` training rows, as the Trainer counts them."""
     if config.max_steps:
         return config.max_steps
     per_epoch = math.ceil(n_rows / config.per_device_train_batch_size)

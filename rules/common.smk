@@ -11,7 +11,7 @@ from emflow.errors import EmflowError
 from emflow.generate import PLUMBING, GenerationSettings
 from emflow.judge import SCORE_SETTINGS, JudgeSettings
 from emflow.preflight import check_workflow
-from emflow.questions import homework_sets, read_question_sets
+from emflow.questions import read_question_sets
 from emflow.paths import (
     EXPERIMENT_PATTERN,
     RUN_PATTERN,
@@ -25,6 +25,7 @@ from emflow.paths import (
     step_target,
     target_run_and_step,
 )
+from emflow.results import report_settings
 from emflow.summary import experiment_summary_runs
 from emflow.sweeps import eval_steps, planned_optimizer_steps
 from emflow.train import TrainSettings
@@ -198,14 +199,6 @@ GENERATED_ONE_BY_ONE = (
 )
 
 
-def sweep_targets(experiment):
-    """Every step target of an experiment's sweep, run by run."""
-    runs = experiment_runs(experiment, EXPERIMENTS[experiment])
-    return [
-        step_target(run, s) for run in runs.values() for s in SWEEPS.get(experiment, [])
-    ]
-
-
 # ---- train ------------------------------------------------------------------
 
 
@@ -332,9 +325,7 @@ def get_judge_inputs(wildcards):
 
 # The report settings, and which question sets are the homework's (their rows make the
 # seed-format blocks and the verdict).
-REPORT = config["report"] | {
-    "homework_sets": homework_sets(config["generation"]["questions"])
-}
+REPORT = report_settings(config)
 
 
 def group_of(wildcards):
@@ -421,12 +412,9 @@ def get_summary_inputs(wildcards):
 def get_sweep_inputs(wildcards):
     experiment = wildcards.experiment
     runs = experiment_runs(experiment, EXPERIMENTS[experiment])
-    steps = SWEEPS[experiment]
     return {
         "base_judged": PATHS.judged(base_target(EXPERIMENTS[experiment].model)),
-        "judged": [
-            PATHS.judged(step_target(r, s)) for r in runs.values() for s in steps
-        ],
+        "judged": [point["judged"] for point in sweep_points(experiment)],
         "step_adapters": [PATHS.step_adapters(r) for r in runs.values()],
         "log_histories": [PATHS.log_history(r) for r in runs.values()],
     }

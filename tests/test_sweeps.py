@@ -13,7 +13,7 @@ from conftest import experiment_config
 
 from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
-from emflow.results import Analysis
+from emflow.results import Analysis, load_run
 from emflow.sweeps import (
     SweepPoint,
     eval_steps,
@@ -135,6 +135,7 @@ def test_sweep_table_and_first_em_step(tmp_path):
     assert first_em_step(table, base_em_high=0.0) == 20
     csv_path = tmp_path / "sweep.csv"
     table.to_csv(csv_path, index=False)
-    text = sweep_markdown(str(csv_path), base, analysis)
+    base_em = load_run(base, analysis).metrics["em_rate"]
+    text = sweep_markdown(str(csv_path), base_em, analysis)
     assert "outside the base model's noise from step 20 on" in text
     assert re.search(r"\| 20 +\| +10\.0 \| +90\.0 \| +100\.0% \[", text), text
