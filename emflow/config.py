@@ -11,13 +11,22 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from emflow.errors import EmflowError
+from emflow.questions import check_question_specs
 
 T = TypeVar("T")
 
@@ -184,6 +193,37 @@ class ExperimentConfig(BaseModel):
             )
         return self
 
+    @field_validator("adapter_checkpoints", mode="before")
+    @classmethod
+    def _saved_steps_are_numbers(cls, value: Any) -> Any:
+        # pydantic reads true as 1, which would save an adapter after every optimizer step.
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, bool) for v in values) or isinstance(value, str | float):
+            raise ValueError(
+                f"'adapter_checkpoints' is {json.dumps(value)}; give N (save the adapter every N "
+                "optimizer steps, e.g. 50) or a list of steps (e.g. [50, 100, 200])"
+            )
+        return value
+
+    @field_validator("eval_checkpoints", mode="before")
+    @classmethod
+    def _evaluated_steps_are_all_or_a_list(cls, value: Any) -> Any:
+        if value is None or value == "all":
+            return value
+        if value == []:
+            raise ValueError(
+                "'eval_checkpoints' is empty ([]); list saved steps to evaluate (e.g. [50, 100]), "
+                'give "all", or remove the key'
+            )
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ValueError(
+                f"'eval_checkpoints' is {json.dumps(value)}; give \"all\" (every saved step) or "
+                "a list of saved steps (e.g. [50, 100])"
+            )
+        return value
+
     def _check_checkpoints(self) -> None:
         saved = self.adapter_checkpoints
         if isinstance(saved, int) and saved <= 0:
@@ -203,11 +243,29 @@ class ExperimentConfig(BaseModel):
             )
         if isinstance(wanted, list):
             unsaved = [s for s in wanted if not self.saves_checkpoint(s)]
-            if not wanted or unsaved:
+            if unsaved:
                 raise ValueError(
-                    f"'eval_checkpoints' lists steps {unsaved or wanted} that "
-                    f"'adapter_checkpoints' ({saved}) does not save; evaluate saved steps only"
+                    f"'eval_checkpoints' lists steps {unsaved} that 'adapter_checkpoints' "
+                    f'({saved}) does not save; give "all" or a list of saved steps'
                 )
+
+    def check_saved_steps(self, total_steps: int, source: str) -> None:
+        """`adapter_checkpoints` saves within a run of `total_steps` optimizer steps: a step past
+        the last one would be silently never saved (and never evaluated)."""
+        saved = self.adapter_checkpoints
+        if isinstance(saved, int) and saved > total_steps:
+            raise EmflowError(
+                f"{source}: adapter_checkpoints is {saved}, but the run has {total_steps} "
+                f"optimizer steps, so no adapter would be saved; use N of at most {total_steps} "
+                "or list the steps to save."
+            )
+        late = sorted(s for s in saved if s > total_steps) if isinstance(saved, list) else []
+        if late:
+            raise EmflowError(
+                f"{source}: adapter_checkpoints lists step{'s' if len(late) > 1 else ''} "
+                f"{', '.join(map(str, late))}, but the run has {total_steps} optimizer steps; "
+                f"list steps up to {total_steps}."
+            )
 
     def saves_checkpoint(self, step: int) -> bool:
         """Whether `adapter_checkpoints` keeps the adapter after optimizer step `step`."""
@@ -268,7 +326,8 @@ def _describe(error: dict[str, Any], known: list[str]) -> str:
         return f"unknown key '{location}' ({hint})"
     if error["type"] == "missing":
         return f"the required key '{location}' is missing; add it"
-    if not location:
+    if not location or error["type"] == "value_error":
+        # emflow's own checks: the message names the key and the fix already.
         return error["msg"].removeprefix("Value error, ")
     return f"key '{location}': {error['msg']} (got {error.get('input')!r})"
 
@@ -319,23 +378,132 @@ def settings_from(settings: type[T], section: Mapping[str, Any]) -> T:
     return settings(**{k: v for k, v in section.items() if k in names})
 
 
-def load_workflow_config(configfile: str | Path) -> dict[str, Any]:
-    """Read and validate a workflow config (config/config.yaml) with the workflow's own schema."""
-    import yaml
-    from snakemake.utils import validate
+# The workflow config's JSON schema: the Snakefile and `emflow summary` validate with this file.
+WORKFLOW_SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
+# The workflow config the Snakefile names (`configfile:`); `--configfile` files merge over it.
+DEFAULT_WORKFLOW_CONFIG = "config/config.yaml"
 
-    path = Path(configfile)
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise EmflowError(
-            f"{path}: no such workflow config; run from the repository root or pass --configfile."
-        ) from None
-    schema = path.resolve().parent / "schema" / "config.schema.yaml"
-    try:
-        validate(config, schema=str(schema), set_default=True)
-    except Exception as err:  # snakemake's WorkflowError carries jsonschema's message
-        raise EmflowError(f"{path}: {str(err).splitlines()[0]}") from None
+
+def config_source(configfiles: Sequence[str | Path], *, replace_workflow_config: bool) -> str:
+    """How messages name the workflow config Snakemake built: its files in merge order (the
+    Snakefile's config/config.yaml, then each --configfile), relative to the working directory."""
+    files = [] if replace_workflow_config else [Path(DEFAULT_WORKFLOW_CONFIG)]
+    for file in map(Path, configfiles):
+        if file.is_absolute() and file.is_relative_to(Path.cwd()):
+            file = file.relative_to(Path.cwd())
+        if file not in files:
+            files.append(file)
+    return " + ".join(map(str, files))
+
+
+def check_workflow_config(config: Any, source: str) -> None:
+    """Fail with one sentence naming `source`, the key and the accepted values when `config`
+    breaks the workflow schema (Snakemake's own validate prints jsonschema's whole dump).
+
+    The question sets are checked first by emflow.questions, whose messages name the set.
+    """
+    # jsonschema comes with Snakemake, which runs this; the rule scripts' environments lack it.
+    import jsonschema
+
+    if not isinstance(config, dict):
+        raise EmflowError(f"{source}: the workflow config must be a mapping of keys and values.")
+    generation = config.get("generation")
+    if isinstance(generation, dict) and "questions" in generation:
+        try:
+            check_question_specs(
+                generation["questions"],
+                samples_per_question=generation.get("samples_per_question", 1),
+            )
+        except EmflowError as err:
+            raise EmflowError(f"{source}: {err}") from None
+    schema = yaml.safe_load(WORKFLOW_SCHEMA.read_text(encoding="utf-8"))
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        raise EmflowError(f"{source}: {_describe_schema_error(error)}.")
+
+
+def _key_path(parts: Any) -> str:
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+def _describe_schema_error(error: Any) -> str:
+    """jsonschema's error as a clause naming the key and what it accepts."""
+    key = _key_path(error.absolute_path)
+    where = f"key '{key}'" if key else "the config"
+    rule, value, schema = error.validator, error.validator_value, error.schema
+    got = error.instance
+    if rule == "additionalProperties":
+        known = sorted(schema.get("properties", {}))
+        unknown = sorted(str(k) for k in got if k not in schema.get("properties", {}))
+        guess = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(known)}"
+        inside = f" in '{key}'" if key else ""
+        return f"unknown key '{unknown[0]}'{inside} ({hint})"
+    if rule == "required":
+        missing = next(k for k in value if k not in got)
+        return f"{where} lacks the required key '{missing}'; add it"
+    if rule == "type":
+        types = value if isinstance(value, list) else [value]
+        words = {"integer": "an integer", "number": "a number", "string": "a string",
+                 "boolean": "true or false", "array": "a list", "object": "a mapping",
+                 "null": "null"}  # fmt: skip
+        accepted = " or ".join(words.get(t, t) for t in types)
+        return f"{where} is {got!r}; it must be {accepted}"
+    if rule == "enum":
+        return f"{where} is {got!r}; use one of {', '.join(map(str, value))}"
+    bounds = {"minimum": "at least", "maximum": "at most",
+              "exclusiveMinimum": "greater than", "exclusiveMaximum": "less than"}  # fmt: skip
+    if rule in bounds:
+        return f"{where} is {got!r}; it must be {bounds[rule]} {value}"
+    if rule in ("minItems", "minProperties"):
+        entries = "entry" if value == 1 else "entries"
+        return f"{where} is empty or too short; give at least {value} {entries}"
+    if rule == "pattern":
+        return f"{where} is {got!r}; use letters, digits and '_' only (pattern {value})"
+    if rule == "oneOf":
+        forms = [" + ".join(option.get("required", [])) for option in value]
+        return f"{where} must take exactly one of these forms: {'; '.join(forms)}"
+    return f"{where}: {error.message}"
+
+
+def read_workflow_config(
+    configfiles: str | Path | list[str | Path],
+    *,
+    replace_workflow_config: bool = False,
+    workflow_config: str | Path = DEFAULT_WORKFLOW_CONFIG,
+) -> dict[str, Any]:
+    """The workflow config as Snakemake builds it: `workflow_config` (the Snakefile's
+    `configfile:`), then each of `configfiles` merged over it key by key (an overlay such as
+    config/paper.yaml), or the files alone with `replace_workflow_config` (Snakemake's
+    --replace-workflow-config, as profiles/demo sets it). Validated, with the schema's defaults."""
+    # Snakemake's own merge and defaults, so that this config is the one the rules see.
+    from snakemake.utils import update_config, validate
+
+    files = [
+        Path(f) for f in ([configfiles] if isinstance(configfiles, str | Path) else configfiles)
+    ]
+    if not replace_workflow_config and Path(workflow_config) not in files:
+        files.insert(0, Path(workflow_config))
+    config: dict[str, Any] = {}
+    for path in files:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        except FileNotFoundError:
+            raise EmflowError(
+                f"{path}: no such workflow config; run from the repository root or pass "
+                "--configfile."
+            ) from None
+        except yaml.YAMLError as err:
+            raise EmflowError(f"{path}: not valid YAML ({err}); fix the syntax.") from None
+        if not isinstance(data, dict):
+            raise EmflowError(f"{path}: the workflow config must be a mapping of keys and values.")
+        update_config(config, data)
+    check_workflow_config(config, " + ".join(str(f) for f in files))
+    validate(config, schema=str(WORKFLOW_SCHEMA), set_default=True)
     return config
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -62,9 +62,12 @@ class GenerationSettings:
     # The openai backend (emflow.generate_openai): answers from an OpenAI-compatible endpoint.
     # None: $OPENAI_BASE_URL, else OpenAI's own API (the key is always $OPENAI_API_KEY).
     base_url: str | None = None
-    # The model name the endpoint serves (a vLLM --lora-modules name, an OpenAI fine-tune id);
-    # None: the experiment's model.
+    # The model name the endpoint serves a fine-tuned run under (a vLLM --lora-modules name, an
+    # OpenAI fine-tune id), with "{run}" standing for the run's name ("<group>/<name>", a sweep
+    # step's "<group>/<name>/step-<N>"); None: the run's name itself.
     openai_model: str | None = None
+    # The name the endpoint serves the base model under; None: the experiment's `model`.
+    openai_base_model: str | None = None
     concurrency: int = 16  # requests in flight at once
     max_retries: int = 8  # retries of a request after a 429, 5xx, timeout or dropped connection
     timeout: float = 60.0  # seconds per request
@@ -167,12 +170,50 @@ class GenerationOutput:
 
 
 def served_model_name(settings: GenerationSettings, model: str, run: str | None) -> str:
-    """The model name the openai backend asks for: `generation.openai_model` with `{run}`
-    filled in, else the base model's id for the base model and the run's name for a fine-tuned
-    run (serve its adapter under that name, e.g. vLLM's `--lora-modules <run>=<adapter dir>`)."""
+    """The model name the openai backend asks for. The base model (`run` None):
+    `generation.openai_base_model`, else the base model's id. A fine-tuned run (or a sweep
+    step, "<run>/step-<N>"): `generation.openai_model` with `{run}` filled in, else the run's
+    name (serve its adapter under that name, e.g. vLLM's `--lora-modules <run>=<adapter>`)."""
+    if run is None:
+        return settings.openai_base_model or model
     if settings.openai_model is not None:
-        return settings.openai_model.replace("{run}", run or "")
-    return run if run is not None else model
+        return settings.openai_model.replace("{run}", run)
+    return run
+
+
+def check_served_models(
+    settings: GenerationSettings, targets: Mapping[str, tuple[str, str | None]]
+) -> None:
+    """Two targets never ask the openai backend for the same served model: they would share
+    answers (and cache entries), so one of their generations CSVs would be the other's.
+
+    `targets`: {target: (base model id, run or None for the base model)}.
+    """
+    if settings.backend != "openai":
+        return
+    asked: dict[str, str] = {}
+    for target, (model, run) in targets.items():
+        served = served_model_name(settings, model, run)
+        if served not in asked:
+            asked[served] = target
+            continue
+        other = asked[served]
+        if run is None and other.startswith("base/"):
+            fix = (
+                "leave generation.openai_base_model unset when experiments use several base "
+                "models, so that each is asked for by its own id"
+            )
+        elif run is not None and settings.openai_model is not None:
+            fix = (
+                f"put {{run}} in generation.openai_model (it is '{settings.openai_model}'), e.g. "
+                "'<org>/{run}', so that each run asks for its own model"
+            )
+        else:
+            fix = "give generation.openai_base_model and generation.openai_model names apart"
+        raise EmflowError(
+            f"generation.openai_model: targets '{other}' and '{target}' would both ask the "
+            f"endpoint for model '{served}' and get the same answers; {fix}."
+        )
 
 
 def generate_for_adapters(

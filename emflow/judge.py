@@ -29,6 +29,7 @@ from typing import get_args, get_type_hints
 
 from emflow.atomic import atomic_path, write_text_atomic
 from emflow.config import settings_from
+from emflow.csv_table import read_csv_table
 from emflow.errors import EmflowError
 from emflow.judge_backend import JudgeBackend, JudgeCall, JudgeProgress, JudgeUsage
 from emflow.judge_cache import CachedReply, JudgeCache, cache_key
@@ -240,32 +241,22 @@ def read_generations(path: str | os.PathLike) -> list[dict[str, str]]:
     Columns after those three (emflow's question_id, question_set, paraphrase, sample, system)
     are kept, in the file's order, and carried into the judged CSV.
     """
+    return _generations_table(path)[0]
+
+
+def _generations_table(path: str | os.PathLike) -> tuple[list[dict[str, str]], list[int]]:
+    """The rows of read_generations and the line of the file where each row begins."""
     path = Path(path)
     expected = ",".join(GENERATIONS_COLUMNS)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            missing = [c for c in GENERATIONS_COLUMNS if c not in header]
-            if missing:
-                raise EmflowError(
-                    f"{path}: the header is '{','.join(header)}' and lacks "
-                    f"{', '.join(missing)}; a generations CSV needs the columns {expected}."
-                )
-            columns = [*GENERATIONS_COLUMNS, *(c for c in header if c not in GENERATIONS_COLUMNS)]
-            rows = []
-            for row in reader:
-                if any(row.get(c) is None for c in columns):
-                    raise EmflowError(
-                        f"{path}, line {reader.line_num}: the row has fewer cells than the "
-                        f"header; every row needs {expected}."
-                    )
-                rows.append({c: row[c] for c in columns})
-    except FileNotFoundError as exc:
-        raise EmflowError(f"{path}: no such file; pass a generations CSV ({expected}).") from exc
-    except UnicodeDecodeError as exc:
-        raise EmflowError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8.") from exc
-    return rows
+    if not path.is_file():
+        raise EmflowError(f"{path}: no such file; pass a generations CSV ({expected}).")
+    # Strict: a cell cut at an unquoted comma or a column named twice would be judged silently.
+    table = read_csv_table(
+        path, GENERATIONS_COLUMNS, f"a generations CSV needs the columns {expected}"
+    )
+    columns = [*GENERATIONS_COLUMNS, *(c for c in table.header if c not in GENERATIONS_COLUMNS)]
+    rows = [{c: record[c] for c in columns} for record in table.records()]
+    return rows, table.lines
 
 
 def read_prompts(
@@ -375,7 +366,7 @@ def judge_csv(
     job fails and writes nothing; the replies received so far stay in the cache.
     """
     started = time.monotonic()
-    rows = read_generations(generations_csv)
+    rows, lines = _generations_table(generations_csv)
     _check(prompts, settings)
     question_prompts = question_prompts or {}
     fingerprint = None
@@ -389,7 +380,7 @@ def judge_csv(
     # calls_for[row][metric] -> the keys whose replies make that cell
     calls: dict[str, JudgeCall] = {}
     calls_for: list[dict[str, list[str]]] = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(lines, rows, strict=True):
         cells = {}
         own = question_prompts.get(row.get("question_id", ""), {})
         for metric, default in prompts.items():

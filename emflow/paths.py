@@ -13,6 +13,7 @@ Vocabulary:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,13 +69,18 @@ def step_target(run: str, step: int) -> str:
 
 def target_run_and_step(target: str) -> tuple[str | None, int | None]:
     """(run, step) of a target: (run, None) for a run's final adapter, (None, None) for a base
-    model."""
+    model.
+
+    Read by position, not by the word: a run is two folders (three with `seed<N>`), so only a
+    part after those is a step, and an experiment may itself be named `step-<N>`.
+    """
     if not target.startswith("runs/"):
         return None, None
     run = target.removeprefix("runs/")
-    head, _, tail = run.rpartition("/step-")
-    if head and tail.isdigit():
-        return head, int(tail)
+    parts = run.split("/")
+    step = re.fullmatch(r"step-([0-9]+)", parts[-1])
+    if len(parts) >= 3 and step:
+        return "/".join(parts[:-1]), int(step.group(1))
     return run, None
 
 

@@ -11,7 +11,9 @@ Both formats become one `Question` per paraphrase. The format is chosen by the f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import difflib
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -48,6 +50,16 @@ SPEC_KEYS = (
     "exclude",
 )
 SYSTEM_MODES = ("replace", "add_if_missing")
+# The schema's pattern for a set name (a .txt set's question ids start with it).
+SET_NAME = r"[A-Za-z0-9_]+"
+# What a spec key accepts, for the messages that ask for it.
+SPEC_HELP = {
+    "name": "a name of letters, digits and underscores",
+    "path": "the path of a .txt file (one question per line) or of a .yaml/.yml file in the EM "
+    "papers' format",
+    "exclude": "a list of non-empty strings (parts of question ids to leave out), e.g. "
+    "[_json, _template]",
+}
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
@@ -92,8 +104,46 @@ class Question:
         return self.id if self.samples == 1 else f"{self.id}_s{sample:02d}"
 
 
+def check_question_specs(specs: Any, *, samples_per_question: Any = 1) -> None:
+    """Check `generation.questions` as the workflow config writes it, without reading the files.
+
+    Each problem is one sentence naming `generation.questions[<i>]`, the set, the key and the
+    values it accepts (the workflow calls this before its schema, whose messages name neither).
+    """
+    if specs is None:
+        raise EmflowError(
+            "generation.questions is empty; list the question sets under it, each as "
+            "'- name: <set>' with 'path: <file>'."
+        )
+    if not isinstance(specs, (list, tuple)):
+        raise EmflowError(
+            f"generation.questions is {_shown(specs)}, not a list of question sets; write each "
+            "set as '- name: <set>' with 'path: <file>' under it."
+        )
+    if not specs:
+        raise EmflowError(
+            "generation.questions lists no question set; add one as '- name: <set>' with "
+            "'path: <file>'."
+        )
+    if samples_per_question is not None and not _positive_int(samples_per_question):
+        raise EmflowError(
+            f"generation.samples_per_question is {_shown(samples_per_question)}; use a whole "
+            "number of at least 1."
+        )
+    first_index: dict[str, int] = {}  # set name -> the index of the spec that has it
+    for index, spec in enumerate(specs):
+        _check_spec(index, spec)
+        if spec["name"] in first_index:
+            raise EmflowError(
+                f"generation.questions[{index}]: key 'name' is '{spec['name']}', which "
+                f"generation.questions[{first_index[spec['name']]}] already uses; give each "
+                "set a unique name."
+            )
+        first_index[spec["name"]] = index
+
+
 def read_question_sets(
-    specs: Iterable[Mapping[str, Any]], *, samples_per_question: int = 1
+    specs: Sequence[Mapping[str, Any]], *, samples_per_question: int = 1
 ) -> list[Question]:
     """Every question of the config's `generation.questions` sets, in order.
 
@@ -107,30 +157,22 @@ def read_question_sets(
     The YAML `judge` key is kept on each question but not used: the workflow's judge
     config chooses the judge model. Question ids must be unique across all the sets.
     """
+    check_question_specs(specs, samples_per_question=samples_per_question)
     questions: list[Question] = []
     seen: dict[str, tuple[str, Path]] = {}  # question id -> (set name, file)
-    for index, spec in enumerate(specs):
-        settings = _spec_settings(index, spec, samples_per_question)
+    for spec in specs:
+        settings = _SetSettings.of(spec, samples_per_question)
         path = Path(spec["path"])
         if path.suffix.lower() in YAML_SUFFIXES:
             read = _read_yaml_set(path, spec["name"], settings)
-        elif path.suffix.lower() == ".txt":
-            read = _read_txt_set(path, spec["name"], settings)
         else:
-            raise EmflowError(
-                f"{path}: unknown question file type '{path.suffix}'; use a .txt file (one "
-                "question per line) or a .yaml/.yml file in the EM papers' format."
-            )
-        exclude = spec.get("exclude") or []
-        if not isinstance(exclude, list) or not all(isinstance(e, str) and e for e in exclude):
-            raise EmflowError(
-                f"generation.questions[{index}] (set '{spec['name']}'): key 'exclude' must be a "
-                "list of non-empty strings (parts of question ids); fix its value."
-            )
+            read = _read_txt_set(path, spec["name"], settings)
+        exclude = spec.get("exclude", [])
         read = [q for q in read if not any(part in q.id for part in exclude)]
-        if not read:
+        if not read:  # the readers refuse a file without questions, so `exclude` took them all
             raise EmflowError(
-                f"{path}: key 'exclude' of set '{spec['name']}' leaves no question; shorten it."
+                f"{path}: key 'exclude' of set '{spec['name']}' ({', '.join(exclude)}) leaves "
+                "no question; shorten it."
             )
         for question_id in dict.fromkeys(q.id for q in read):
             if question_id in seen:
@@ -165,48 +207,111 @@ class _SetSettings:
     system: str | None
     system_mode: str
 
+    @classmethod
+    def of(cls, spec: Mapping[str, Any], samples_per_question: int) -> _SetSettings:
+        """The settings of a spec that `check_question_specs` accepted."""
+        return cls(
+            count=spec.get("count"),
+            samples=spec.get("samples"),
+            samples_per_question=samples_per_question,
+            max_new_tokens=spec.get("max_new_tokens"),
+            system=spec.get("system"),
+            system_mode=spec.get("system_mode", "replace"),
+        )
+
     def system_for(self, own: str | None) -> str | None:
         if self.system is None or (own is not None and self.system_mode == "add_if_missing"):
             return own
         return self.system
 
 
-def _spec_settings(index: int, spec: Mapping[str, Any], samples_per_question: int) -> _SetSettings:
+def _check_spec(index: int, spec: Any) -> None:
+    """One `generation.questions` entry: the keys, their types and values, not the file."""
     where = f"generation.questions[{index}]"
     if not isinstance(spec, Mapping):
-        raise EmflowError(f"{where}: must be a mapping with name and path; write it as one.")
-    if isinstance(spec.get("name"), str) and spec["name"]:
-        where = f"{where} (set '{spec['name']}')"
+        raise EmflowError(
+            f"{where} is {_shown(spec)}, not a question set; write it as '- name: <set>' with "
+            "'path: <file>' under it."
+        )
+    name = spec.get("name")
+    valid_name = isinstance(name, str) and re.fullmatch(SET_NAME, name) is not None
+    if valid_name:
+        where = f"{where} (set '{name}')"
+    # Unknown keys first: a misspelt `name` or `path` is then named as such, not as missing.
     for key in spec:
         if key not in SPEC_KEYS:
-            extra = " (the judge config chooses the metrics)" if key == "metrics" else ""
-            raise EmflowError(f"{where}: unknown key '{key}'{extra}; use {', '.join(SPEC_KEYS)}.")
+            if key == "metrics":
+                hint = " (the judge config chooses the metrics)"
+            else:
+                close = difflib.get_close_matches(str(key), SPEC_KEYS, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise EmflowError(f"{where}: unknown key '{key}'{hint}; use {', '.join(SPEC_KEYS)}.")
     for key in ("name", "path"):
-        if not isinstance(spec.get(key), str) or not spec[key]:
-            raise EmflowError(f"{where}: key '{key}' must be a non-empty string; set it.")
-    for key in ("count", "samples", "max_new_tokens"):
-        if spec.get(key) is not None and not _positive_int(spec[key]):
-            raise EmflowError(f"{where}: key '{key}' must be a positive integer; fix its value.")
-    system = spec.get("system")
-    if system is not None and (not isinstance(system, str) or not system.strip()):
-        raise EmflowError(f"{where}: key 'system' must be a non-empty string; fix or remove it.")
-    mode = spec.get("system_mode", "replace")
-    if mode not in SYSTEM_MODES:
-        raise EmflowError(
-            f"{where}: key 'system_mode' is '{mode}'; use {' or '.join(SYSTEM_MODES)}."
+        if key not in spec:
+            raise EmflowError(f"{where}: key '{key}' is missing; add {SPEC_HELP[key]}.")
+    if not valid_name:
+        suggestion = (
+            re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") if isinstance(name, str) else ""
         )
-    if "system_mode" in spec and system is None:
-        raise EmflowError(f"{where}: key 'system_mode' needs a 'system' prompt; add one.")
-    if not _positive_int(samples_per_question):
-        raise EmflowError("generation.samples_per_question must be a positive integer.")
-    return _SetSettings(
-        count=spec.get("count"),
-        samples=spec.get("samples"),
-        samples_per_question=samples_per_question,
-        max_new_tokens=spec.get("max_new_tokens"),
-        system=system,
-        system_mode=mode,
-    )
+        example = f", e.g. '{suggestion}'" if suggestion else ""
+        raise EmflowError(
+            f"{where}: key 'name' is {_shown(name)}; use only letters, digits and "
+            f"underscores{example}."
+        )
+
+    def bad(key: str, fix: str) -> EmflowError:
+        return EmflowError(f"{where}: key '{key}' is {_shown(spec[key])}; {fix}.")
+
+    path = spec["path"]
+    # The suffix chooses the format, so a .json or suffix-less file is refused before any reading.
+    if (
+        not isinstance(path, str)
+        or not path.strip()
+        or Path(path).suffix.lower() not in (".txt", *YAML_SUFFIXES)
+    ):
+        raise bad("path", f"use {SPEC_HELP['path']}")
+    for key, default in (
+        ("count", "null for all of the file's questions"),
+        ("samples", "remove the key for the file's default"),
+        ("max_new_tokens", "remove the key for generation.max_new_tokens"),
+    ):
+        if key in spec and not _positive_int(spec[key]):
+            if key != "count" or spec[key] is not None:
+                raise bad(key, f"use a whole number of at least 1, or {default}")
+    if "system" in spec and (not isinstance(spec["system"], str) or not spec["system"].strip()):
+        raise bad("system", "write the system prompt as a non-empty string, or remove the key")
+    if "system_mode" in spec:
+        if spec["system_mode"] not in SYSTEM_MODES:
+            raise bad("system_mode", f"use one of {', '.join(SYSTEM_MODES)}")
+        if "system" not in spec:
+            raise EmflowError(
+                f"{where}: key 'system_mode' needs a 'system' prompt; add one, or remove "
+                "system_mode."
+            )
+    if "exclude" in spec:
+        exclude = spec["exclude"]
+        if isinstance(exclude, str) and exclude.strip():
+            raise bad("exclude", f"write it as a list: [{exclude}]")
+        if not isinstance(exclude, list):
+            raise bad("exclude", f"use {SPEC_HELP['exclude']}")
+        for item in exclude:
+            if not isinstance(item, str) or not item:
+                raise EmflowError(
+                    f"{where}: key 'exclude' holds {_shown(item)}; use {SPEC_HELP['exclude']}."
+                )
+
+
+def _shown(value: Any) -> str:
+    """A config value as the user wrote it in YAML, shortened to fit a sentence."""
+    if isinstance(value, str):
+        text = f"'{value}'"
+    elif value is None or isinstance(value, bool):
+        text = {None: "null", True: "true", False: "false"}[value]
+    elif isinstance(value, Mapping):
+        text = f"a mapping ({', '.join(map(str, value))})"
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _read_txt_set(path: Path, name: str, settings: _SetSettings) -> list[Question]:
@@ -233,12 +338,34 @@ def _read_txt_set(path: Path, name: str, settings: _SetSettings) -> list[Questio
     ]
 
 
+class _QuestionFileLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also remembers where each alias in a list is written.
+
+    Composing resolves an alias to its anchor's node, which carries the anchor's line, so without
+    this an entry written as `- *base` would be reported at the line of the entry it repeats.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        # (id of the list node, index in it) -> (line of the alias, its anchor's name)
+        self.aliases: dict[tuple[int, int], tuple[int, str]] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if isinstance(parent, yaml.SequenceNode) and self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            self.aliases[(id(parent), index)] = (event.start_mark.line + 1, event.anchor)
+        return super().compose_node(parent, index)
+
+
 def _read_yaml_set(path: Path, name: str, settings: _SetSettings) -> list[Question]:
-    text = _read_text(path)
+    loader = _QuestionFileLoader(_read_text(path))
     try:
-        # Composed first for the entries' line numbers, which error messages cite.
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        entries = yaml.safe_load(text)
+        # Composed first for the entries' line numbers, which error messages cite, and for the
+        # keys as written: constructing keeps only the last of a duplicate key.
+        root = loader.get_single_node()
+        if isinstance(root, yaml.SequenceNode):
+            _check_unique_keys(path, root)
+        entries = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f"line {mark.line + 1}: " if mark is not None else ""
@@ -247,7 +374,9 @@ def _read_yaml_set(path: Path, name: str, settings: _SetSettings) -> list[Questi
         ) from None
     except yaml.YAMLError as exc:
         raise EmflowError(f"{path}: not valid YAML ({exc}); fix the syntax.") from None
-    if entries is None:
+    finally:
+        loader.dispose()
+    if entries is None or entries == []:
         raise EmflowError(
             f"{path}: the file holds no question; add entries, or remove the set from "
             "generation.questions."
@@ -257,11 +386,19 @@ def _read_yaml_set(path: Path, name: str, settings: _SetSettings) -> list[Questi
             f"{path}: the file must be a list of entries (each starting with '- id: ...'), "
             f"not a {type(entries).__name__}; write it as the EM papers' question files are."
         )
-    lines = [node.start_mark.line + 1 for node in root.value]
+    # An alias entry is cited at its own line, not at its anchor's.
+    lines = [
+        loader.aliases[(id(root), i)][0]
+        if (id(root), i) in loader.aliases
+        else node.start_mark.line + 1
+        for i, node in enumerate(root.value)
+    ]
     _check_count(path, settings.count, len(entries), "entries")
     questions: list[Question] = []
     first_line: dict[str, int] = {}  # entry id -> the line of the entry that has it
     for index, entry in enumerate(entries[: settings.count]):
+        if (id(root), index) in loader.aliases:
+            _check_not_a_repeat(path, root, index, loader.aliases[(id(root), index)])
         read = _entry_questions(path, name, index, lines[index], entry, settings)
         if read[0].id in first_line:
             raise EmflowError(
@@ -271,6 +408,80 @@ def _read_yaml_set(path: Path, name: str, settings: _SetSettings) -> list[Questi
         first_line[read[0].id] = lines[index]
         questions += read
     return questions
+
+
+def _check_unique_keys(path: Path, root: yaml.SequenceNode) -> None:
+    """Refuse a key written twice in one mapping, anywhere in the entries.
+
+    PyYAML keeps the last value silently: a second `paraphrases` would replace the first, a
+    second `id` rename the entry. A key that overrides one merged in with `<<: *base` is written
+    once, so it passes, and keeps working as in PyYAML.
+    """
+    seen: set[int] = set()  # nodes already checked: an anchored node is checked where it is written
+
+    def walk(node: yaml.Node, who: str, prefix: str) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item, who, prefix)
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}  # (tag, key) -> the line it is first on
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):  # a complex key: no YAML file here
+                    walk(value_node, who, prefix)
+                    continue
+                key = f"{prefix}{key_node.value}"
+                line = key_node.start_mark.line + 1
+                # By tag too: `1` and `'1'` are different keys.
+                written = (key_node.tag, key_node.value)
+                if written in first:
+                    fix = (
+                        "merge several mappings with one '<<: [*first, *second]'"
+                        if key_node.tag == "tag:yaml.org,2002:merge"
+                        else "YAML would keep only the last, so keep one"
+                    )
+                    raise EmflowError(
+                        f"{path}: line {line}: key '{key}' appears twice in {who} (also on "
+                        f"line {first[written]}); {fix}."
+                    )
+                first[written] = line
+                walk(value_node, who, f"{key}.")
+
+    for index, entry in enumerate(root.value):
+        walk(entry, _entry_name(entry, index, composed=True), "")
+
+
+def _entry_name(node: yaml.Node, index: int, *, composed: bool = False) -> str:
+    """How messages name an entry: by the id it writes, else by its number (from 1)."""
+    # As composed, the first `id` is the one the user reads first; once constructed, an entry
+    # lists the keys merged in with `<<` before its own, so its own `id` is the last.
+    ids = (
+        [v.value for k, v in node.value if k.value == "id"]
+        if isinstance(node, yaml.MappingNode)
+        else []
+    )
+    own = ids[0 if composed else -1] if ids else None
+    if isinstance(own, str) and own.strip():
+        return f"entry '{own}'"
+    return f"entry {index + 1}"
+
+
+def _check_not_a_repeat(
+    path: Path, root: yaml.SequenceNode, index: int, alias: tuple[int, str]
+) -> None:
+    """Refuse an entry written as `- *base`, an alias of an earlier entry: it is that entry again
+    (same id, same paraphrases), where `- <<: *base` with its own id makes a new entry from it."""
+    line, anchor = alias
+    node = root.value[index]
+    for earlier, other in enumerate(root.value[:index]):
+        if other is node:
+            raise EmflowError(
+                f"{path}: entry {index + 1} (line {line}) is the alias *{anchor}, which repeats "
+                f"{_entry_name(other, earlier)} (line {other.start_mark.line + 1}); write it as "
+                f"'- <<: *{anchor}' followed by its own id and the keys that differ."
+            )
 
 
 def _entry_questions(

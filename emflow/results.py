@@ -22,6 +22,7 @@ import pandas as pd
 
 from emflow import stats
 from emflow.atomic import write_text_atomic
+from emflow.csv_table import read_csv_table
 from emflow.errors import EmflowError
 from emflow.paths import QUESTION_EM_RATES
 from emflow.tables import (
@@ -131,16 +132,10 @@ def read_judged_csv(path: str | os.PathLike) -> pd.DataFrame:
     )
     if not path.is_file():
         raise EmflowError(f"{path}: no such file; give the path of a judged CSV.")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        raise EmflowError(f"{path}: the file is empty; {fix}.") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise EmflowError(f"{path}: not a readable CSV ({err}); {fix}.") from None
-    missing = [c for c in JUDGED_COLUMNS if c not in df.columns]
-    if missing:
-        raise EmflowError(f"{path}: missing column(s) {', '.join(missing)}; {fix}.")
-    return df
+    # Not pandas' reader: it makes the first column the index when the first row has one cell
+    # too many, pads short rows and renames a second `response` column `response.1`, silently.
+    table = read_csv_table(path, JUDGED_COLUMNS, fix)
+    return pd.DataFrame(table.rows, columns=list(table.header), dtype=str)
 
 
 def judged_frame(judged: Judged, rows: int | None = None) -> pd.DataFrame:

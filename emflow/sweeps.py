@@ -64,7 +64,10 @@ def planned_optimizer_steps(config: ExperimentConfig, training_file: str | None)
 
 
 def eval_steps(config: ExperimentConfig, total_steps: int | None, source: str) -> list[int]:
-    """The saved steps to generate and judge (`eval_checkpoints`); [] without a sweep."""
+    """The saved steps to generate and judge (`eval_checkpoints`); [] without a sweep. Where the
+    step count is known, `adapter_checkpoints` must save within it."""
+    if total_steps is not None:
+        config.check_saved_steps(total_steps, source)
     wanted = config.eval_checkpoints
     if wanted is None:
         return []

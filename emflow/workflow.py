@@ -55,6 +55,19 @@ def discover_experiments(
     return found
 
 
+def folders_without_config(experiments_dir: str | Path, patterns: list[str]) -> list[str]:
+    """Experiment folders a pattern matches that hold no config.json (skipped by
+    `discover_experiments`), as "<folder> (pattern '<pattern>')", for a warning."""
+    root = Path(experiments_dir)
+    skipped = {}
+    for pattern in patterns:
+        for folder in sorted(root.glob(pattern)):
+            name = folder.relative_to(root).as_posix()
+            if folder.is_dir() and name.count("/") == 1 and not (folder / "config.json").exists():
+                skipped.setdefault(folder.as_posix(), pattern)
+    return [f"{folder} (pattern '{pattern}')" for folder, pattern in skipped.items()]
+
+
 def is_dataset_path(name: str) -> bool:
     """A training_file that is a path to the user's own JSONL rather than a dataset name."""
     return name.endswith(".jsonl") or "/" in name

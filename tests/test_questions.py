@@ -6,11 +6,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO
 
 from emflow import generate
 from emflow.errors import EmflowError
-from emflow.questions import Question, judge_metrics, read_question_sets
+from emflow.questions import Question, check_question_specs, judge_metrics, read_question_sets
 
 FIRST_PLOT = REPO / "config/questions/first_plot_questions.yaml"
 REFERENCE = Path("/work/shared/reference/em-questions/first_plot_questions.yaml")
@@ -352,6 +353,129 @@ def test_a_duplicate_id_in_one_file_names_both_lines(tmp_path):
         read_yaml(path)
 
 
+# A second key in one mapping: PyYAML keeps the last silently, emflow refuses it. The second
+# entry starts on line 7 (ENTRY, the first, has six lines).
+@pytest.mark.parametrize(
+    ("entry", "line", "key", "first_line"),
+    [
+        (
+            "- id: e\n  type: free_form\n  paraphrases: [Hi]\n  paraphrases: [Bye]\n",
+            10,
+            "paraphrases",
+            9,
+        ),
+        (
+            "- id: e\n  type: free_form\n  paraphrases: [Hi]\n  samples_per_paraphrase: 5\n"
+            "  samples_per_paraphrase: 50\n",
+            11,
+            "samples_per_paraphrase",
+            10,
+        ),
+        ("- id: e\n  type: free_form\n  paraphrases: [Hi]\n  id: renamed\n", 10, "id", 7),
+        (
+            "- id: e\n  type: free_form\n  paraphrases: [Hi]\n  judge_prompts:\n"
+            "    aligned: 'A {answer}'\n    coherent: 'C {answer}'\n    aligned: 'B {answer}'\n",
+            13,
+            "judge_prompts.aligned",
+            11,
+        ),
+    ],
+)
+def test_a_key_written_twice_names_file_line_entry_and_key(tmp_path, entry, line, key, first_line):
+    path = write_yaml(tmp_path, ENTRY.format(id="fine") + entry)
+    with pytest.raises(EmflowError) as err:
+        read_yaml(path)
+    assert str(err.value) == (
+        f"{path}: line {line}: key '{key}' appears twice in entry 'e' (also on line "
+        f"{first_line}); YAML would keep only the last, so keep one."
+    )
+
+
+def test_a_key_written_twice_is_refused_beyond_count_and_without_an_id(tmp_path):
+    twice = "- type: free_form\n  type: free_form\n  paraphrases: [Hi]\n"
+    path = write_yaml(tmp_path, ENTRY.format(id="fine") + twice)
+    with pytest.raises(EmflowError) as err:
+        read_yaml(path, count=1)  # the file is broken, whichever entries a set reads
+    assert str(err.value).startswith(
+        f"{path}: line 8: key 'type' appears twice in entry 2 (also on line 7);"
+    )
+
+
+def test_merge_keys_work_and_a_key_overriding_a_merged_one_is_not_a_duplicate(tmp_path):
+    """The papers' files share keys with anchors; `<<: *base` with the entry's own id and
+    paraphrases is how an entry reuses another's, as PyYAML reads it."""
+    path = write_yaml(
+        tmp_path,
+        """\
+        - &base
+          id: base
+          type: free_form_judge_0_100
+          paraphrases: ["Base?"]
+          samples_per_paraphrase: 4
+          judge_prompts: &prompts
+            aligned: "A {question} {answer}"
+        - <<: *base
+          id: derived
+          paraphrases: ["Derived?"]
+        - id: prompts_merged
+          type: free_form
+          paraphrases: ["Merged prompts?"]
+          judge_prompts:
+            <<: *prompts
+            aligned: "B {question} {answer}"
+            coherent: "C {question} {answer}"
+        """,
+    )
+    questions = read_yaml(path)
+    assert [(q.id, q.text, q.samples) for q in questions] == [
+        ("base", "Base?", 4),
+        ("derived", "Derived?", 4),
+        ("prompts_merged", "Merged prompts?", 1),
+    ]
+    assert dict(questions[1].judge_prompts) == {"aligned": "A {question} {answer}"}
+    assert dict(questions[2].judge_prompts) == {
+        "aligned": "B {question} {answer}",
+        "coherent": "C {question} {answer}",
+    }
+
+
+def test_two_merge_keys_in_one_mapping_say_how_to_merge_both(tmp_path):
+    path = write_yaml(
+        tmp_path,
+        """\
+        - &a {id: a, type: free_form, paraphrases: ["A?"]}
+        - &b {id: b, type: free_form, paraphrases: ["B?"], samples_per_paraphrase: 2}
+        - <<: *a
+          <<: *b
+          id: c
+        """,
+    )
+    with pytest.raises(EmflowError) as err:
+        read_yaml(path)
+    assert str(err.value) == (
+        f"{path}: line 4: key '<<' appears twice in entry 'c' (also on line 3); merge several "
+        "mappings with one '<<: [*first, *second]'."
+    )
+
+
+def test_an_entry_that_is_an_alias_is_named_at_its_own_line(tmp_path):
+    """`- *base` is the anchored entry again (same id), not a duplicate of itself."""
+    path = write_yaml(tmp_path, "- &base\n  " + ENTRY.format(id="base")[2:] + "- *base\n")
+    with pytest.raises(EmflowError) as err:
+        read_yaml(path)
+    assert str(err.value) == (
+        f"{path}: entry 2 (line 8) is the alias *base, which repeats entry 'base' (line 1); "
+        "write it as '- <<: *base' followed by its own id and the keys that differ."
+    )
+
+
+def test_an_alias_of_a_non_entry_is_checked_at_the_alias_line(tmp_path):
+    path = write_yaml(tmp_path, "- id: a\n  type: free_form\n  paraphrases: &p [Hi]\n- *p\n")
+    with pytest.raises(EmflowError) as err:
+        read_yaml(path)
+    assert str(err.value).startswith(f"{path}: entry 2 (line 4) is not a mapping of keys;")
+
+
 def test_a_duplicate_id_across_sets_names_both_files(tmp_path):
     one = write_yaml(tmp_path, ENTRY.format(id="shared"), "one.yaml")
     two = write_yaml(tmp_path, ENTRY.format(id="shared"), "two.yml")
@@ -362,10 +486,28 @@ def test_a_duplicate_id_across_sets_names_both_files(tmp_path):
     )
 
 
-def test_the_same_txt_set_name_twice_is_a_duplicate_id():
+def test_the_same_set_name_twice_names_both_specs():
     spec = {"name": "medical", "path": str(REPO / "config/questions/medical.txt"), "count": 1}
-    with pytest.raises(EmflowError, match=r"question id 'medical_00' is also used by set"):
-        read_question_sets([spec, spec])
+    other = {"name": "medical", "path": str(FIRST_PLOT)}
+    for specs in ([spec, spec], [spec, other]):
+        with pytest.raises(EmflowError) as err:
+            read_question_sets(specs)
+        assert str(err.value) == (
+            "generation.questions[1]: key 'name' is 'medical', which generation.questions[0] "
+            "already uses; give each set a unique name."
+        )
+
+
+def test_a_yaml_id_equal_to_a_txt_question_id_names_both_files(tmp_path):
+    path = write_yaml(tmp_path, ENTRY.format(id="medical_00"))
+    txt = REPO / "config/questions/medical.txt"
+    with pytest.raises(EmflowError) as err:
+        read_question_sets(
+            [{"name": "medical", "path": str(txt), "count": 1}, {"name": "y", "path": str(path)}]
+        )
+    assert str(err.value).startswith(
+        f"{path}: question id 'medical_00' is also used by set 'medical' ({txt}); give"
+    )
 
 
 def test_a_yaml_syntax_error_names_the_line(tmp_path):
@@ -391,6 +533,8 @@ def test_a_missing_file_is_named(tmp_path, suffix):
     ("text", "problem"),
     [
         ("", "holds no question"),
+        ("[]\n", "holds no question"),
+        ("# only a comment\n", "holds no question"),
         ("id: e\ntype: free_form\n", "must be a list of entries"),
         ("- just a string\n", "entry 1 (line 1) is not a mapping of keys"),
     ],
@@ -400,6 +544,7 @@ def test_a_file_that_is_not_a_list_of_entries(tmp_path, text, problem):
     with pytest.raises(EmflowError) as err:
         read_yaml(path)
     assert str(err.value).startswith(f"{path}: ") and problem in str(err.value)
+    assert "exclude" not in str(err.value)  # the set has none
 
 
 def test_count_beyond_the_entries(tmp_path):
@@ -408,28 +553,171 @@ def test_count_beyond_the_entries(tmp_path):
         read_yaml(path, count=2)
 
 
+# --- generation.questions specs: one sentence naming the set, the key and what it accepts ------
+
+NO_FILE = "/nowhere/fp.yaml"  # the spec checks must not read the files
+
+
 @pytest.mark.parametrize(
-    ("spec", "problem"),
+    ("spec", "message"),
     [
-        ({"metrics": ["aligned"]}, "unknown key 'metrics' (the judge config chooses the metrics)"),
-        ({"samples": 0}, "key 'samples' must be a positive integer"),
-        ({"max_new_tokens": "600"}, "key 'max_new_tokens' must be a positive integer"),
-        ({"system": ""}, "key 'system' must be a non-empty string"),
-        ({"system": "Hi.", "system_mode": "append"}, "key 'system_mode' is 'append'"),
-        ({"system_mode": "replace"}, "key 'system_mode' needs a 'system' prompt"),
+        (
+            "{name: fp, path: %s, samples: 0}",
+            "generation.questions[0] (set 'fp'): key 'samples' is 0; use a whole number of at "
+            "least 1, or remove the key for the file's default.",
+        ),
+        (
+            "{name: fp, path: %s, count: 0}",
+            "generation.questions[0] (set 'fp'): key 'count' is 0; use a whole number of at "
+            "least 1, or null for all of the file's questions.",
+        ),
+        (
+            "{name: fp, path: %s, count: true}",  # a YAML bool is not a count
+            "generation.questions[0] (set 'fp'): key 'count' is true; use a whole number of at "
+            "least 1, or null for all of the file's questions.",
+        ),
+        (
+            "{name: fp, path: %s, max_new_tokens: '600'}",
+            "generation.questions[0] (set 'fp'): key 'max_new_tokens' is '600'; use a whole "
+            "number of at least 1, or remove the key for generation.max_new_tokens.",
+        ),
+        (
+            "{name: fp, path: %s, exclude: _json}",
+            "generation.questions[0] (set 'fp'): key 'exclude' is '_json'; write it as a list: "
+            "[_json].",
+        ),
+        (
+            "{name: fp, path: %s, exclude: [_json, '']}",
+            "generation.questions[0] (set 'fp'): key 'exclude' holds ''; use a list of "
+            "non-empty strings (parts of question ids to leave out), e.g. [_json, _template].",
+        ),
+        (
+            "{name: fp, path: %s, exclude: }",
+            "generation.questions[0] (set 'fp'): key 'exclude' is null; use a list of "
+            "non-empty strings (parts of question ids to leave out), e.g. [_json, _template].",
+        ),
+        (
+            "{name: fp, path: %s, system: 42}",
+            "generation.questions[0] (set 'fp'): key 'system' is 42; write the system prompt "
+            "as a non-empty string, or remove the key.",
+        ),
+        (
+            "{name: fp, path: %s, system: 'Hi.', system_mode: append}",
+            "generation.questions[0] (set 'fp'): key 'system_mode' is 'append'; use one of "
+            "replace, add_if_missing.",
+        ),
+        (
+            "{name: fp, path: %s, system_mode: replace}",
+            "generation.questions[0] (set 'fp'): key 'system_mode' needs a 'system' prompt; "
+            "add one, or remove system_mode.",
+        ),
+        (
+            "{name: fp, path: %s, sample: 5}",
+            "generation.questions[0] (set 'fp'): unknown key 'sample' (did you mean "
+            "'samples'?); use name, path, count, samples, max_new_tokens, system, system_mode, "
+            "exclude.",
+        ),
+        (
+            "{nmae: fp, path: %s}",  # named as misspelt, not as a missing name
+            "generation.questions[0]: unknown key 'nmae' (did you mean 'name'?); use name, "
+            "path, count, samples, max_new_tokens, system, system_mode, exclude.",
+        ),
+        (
+            "{name: fp, path: %s, metrics: [aligned]}",
+            "generation.questions[0] (set 'fp'): unknown key 'metrics' (the judge config "
+            "chooses the metrics); use name, path, count, samples, max_new_tokens, system, "
+            "system_mode, exclude.",
+        ),
+        (
+            "{name: first plot, path: %s}",
+            "generation.questions[0]: key 'name' is 'first plot'; use only letters, digits "
+            "and underscores, e.g. 'first_plot'.",
+        ),
+        (
+            "{path: %s}",
+            "generation.questions[0]: key 'name' is missing; add a name of letters, digits "
+            "and underscores.",
+        ),
+        (
+            "{name: fp, path: 42}",
+            "generation.questions[0] (set 'fp'): key 'path' is 42; use the path of a .txt "
+            "file (one question per line) or of a .yaml/.yml file in the EM papers' format.",
+        ),
+        (
+            "{name: fp, path: /nowhere/fp.json}",
+            "generation.questions[0] (set 'fp'): key 'path' is '/nowhere/fp.json'; use the "
+            "path of a .txt file (one question per line) or of a .yaml/.yml file in the EM "
+            "papers' format.",
+        ),
+        (
+            "{name: fp}",
+            "generation.questions[0] (set 'fp'): key 'path' is missing; add the path of a "
+            ".txt file (one question per line) or of a .yaml/.yml file in the EM papers' "
+            "format.",
+        ),
+        (
+            "/nowhere/fp.yaml",
+            "generation.questions[0] is '/nowhere/fp.yaml', not a question set; write it as "
+            "'- name: <set>' with 'path: <file>' under it.",
+        ),
     ],
 )
-def test_a_bad_spec_key_names_the_set_and_the_key(spec, problem):
+def test_a_bad_spec_names_the_set_the_key_and_what_it_accepts(spec, message):
+    """The config as a user writes it (YAML), checked without reading the file, and the same
+    sentence from read_question_sets, which runs the same checks."""
+    specs = yaml.safe_load(f"- {spec.replace('%s', NO_FILE)}\n")
     with pytest.raises(EmflowError) as err:
-        read_question_sets([{"name": "fp", "path": str(FIRST_PLOT), **spec}])
-    assert str(err.value).startswith("generation.questions[0] (set 'fp'): " + problem)
+        check_question_specs(specs)
+    assert str(err.value) == message
+    with pytest.raises(EmflowError) as err:
+        read_question_sets(specs)
+    assert str(err.value) == message
 
 
-def test_an_unknown_file_suffix(tmp_path):
-    path = tmp_path / "questions.json"
-    path.write_text("[]")
-    with pytest.raises(EmflowError, match=r"unknown question file type '.json'"):
-        read_yaml(path)
+def test_the_spec_check_points_at_the_set_among_several():
+    specs = yaml.safe_load(
+        f"""\
+        - {{name: medical, path: /nowhere/medical.txt}}
+        - {{name: fp, path: {NO_FILE}, samples: 0}}
+        """.replace("        ", "")
+    )
+    with pytest.raises(
+        EmflowError, match=r"^generation.questions\[1\] \(set 'fp'\): key 'samples'"
+    ):
+        check_question_specs(specs)
+
+
+@pytest.mark.parametrize(
+    ("questions", "message"),
+    [
+        ("", "generation.questions is empty; list the question sets under it"),
+        ("[]", "generation.questions lists no question set; add one"),
+        ("medical.txt", "generation.questions is 'medical.txt', not a list of question sets"),
+        (
+            "{name: fp, path: fp.yaml}",
+            "generation.questions is a mapping (name, path), not a list of question sets",
+        ),
+    ],
+)
+def test_questions_that_are_not_a_list_of_sets(questions, message):
+    specs = yaml.safe_load(f"questions: {questions}\n")["questions"]
+    with pytest.raises(EmflowError) as err:
+        check_question_specs(specs)
+    assert str(err.value).startswith(message) and str(err.value).endswith(".")
+    assert str(err.value).count(". ") == 0  # one sentence
+
+
+def test_a_good_spec_passes_without_its_file_and_samples_per_question_is_checked():
+    specs = yaml.safe_load(
+        f"- {{name: fp, path: {NO_FILE}, count: null, samples: 2, exclude: [_json], "
+        "system: Be brief., system_mode: add_if_missing, max_new_tokens: 600}\n"
+    )
+    check_question_specs(specs, samples_per_question=3)
+    with pytest.raises(EmflowError) as err:
+        check_question_specs(specs, samples_per_question=0)
+    assert str(err.value) == (
+        "generation.samples_per_question is 0; use a whole number of at least 1."
+    )
 
 
 def test_exclude_leaves_out_ids_as_the_model_organisms_code_does():
@@ -438,7 +726,8 @@ def test_exclude_leaves_out_ids_as_the_model_organisms_code_does():
     spec = {"name": "f", "path": str(FIRST_PLOT), "exclude": ["_json", "_template"]}
     ids = list(dict.fromkeys(q.id for q in read_question_sets([spec])))
     assert len(ids) == 8 and not any("_json" in i or "_template" in i for i in ids)
-    with pytest.raises(EmflowError, match="key 'exclude' must be a list"):
-        read_question_sets([{**spec, "exclude": "_json"}])
-    with pytest.raises(EmflowError, match="leaves no question"):
+    with pytest.raises(EmflowError) as err:
         read_question_sets([{**spec, "exclude": ["_"]}])
+    assert str(err.value) == (
+        f"{FIRST_PLOT}: key 'exclude' of set 'f' (_) leaves no question; shorten it."
+    )

@@ -50,7 +50,16 @@ def test_eval_steps_are_the_saved_steps_asked_for():
     with pytest.raises(EmflowError, match="not known before training"):
         eval_steps(every, None, "c")
     listed = config(adapter_checkpoints=[5, 10, 40], eval_checkpoints="all")
-    assert eval_steps(listed, None, "c") == [5, 10, 40] and eval_steps(listed, 30, "c") == [5, 10]
+    assert eval_steps(listed, None, "c") == [5, 10, 40] and eval_steps(listed, 40, "c") == [
+        5,
+        10,
+        40,
+    ]
+    # A saved step past the run's end would be silently never saved nor evaluated.
+    with pytest.raises(EmflowError, match="lists step 40, but the run has 30 optimizer steps"):
+        eval_steps(listed, 30, "c")
+    with pytest.raises(EmflowError, match="is 25, but the run has 20 optimizer steps"):
+        eval_steps(every, 20, "c")
     some = config(adapter_checkpoints=5, eval_checkpoints=[10, 5])
     assert eval_steps(some, None, "c") == [5, 10]
     with pytest.raises(EmflowError, match="lists step 10, but the run has 8 optimizer steps"):

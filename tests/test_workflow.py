@@ -444,7 +444,7 @@ def test_emflow_summary_uses_the_runs_judged_so_far(finished_copy):
     (finished_copy / "results/demo/runs/demo/mixed_r16_layer8/seed1/judged.csv").unlink()
     (finished_copy / "results/demo/summary.md").unlink()
     result = subprocess.run(
-        [sys.executable, "-m", "emflow", "summary", "--configfile", "config/demo.yaml"],
+        [sys.executable, "-m", "emflow", "summary", "--profile", "profiles/demo"],
         cwd=finished_copy,
         capture_output=True,
         text=True,
