@@ -3,7 +3,8 @@
 What is generation's own lives here (which samples one request asks for, the cache key of one
 sampled answer); sending, retrying and counting is `emflow.openai_client`'s and storing is
 `emflow.judge_cache`'s. Each answer is committed as it arrives, so a rerun sends nothing already
-answered and a job killed halfway keeps what it paid for.
+answered and a job killed halfway keeps what it paid for; an answer another job is sending at the
+same time is waited for, not paid for twice.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emflow.errors import EmflowError
-from emflow.judge_cache import CachedReply, JudgeCache, cache_key
+from emflow.judge_cache import CachedReply, JudgeCache, cache_key, send_once
 from emflow.openai_client import OpenAIClient
 
 if TYPE_CHECKING:
@@ -72,6 +73,11 @@ class _Progress:
             self._logged = len(self.answers)
             log.info("sampled %d / %d answers", len(self.answers), self.total)
 
+    def from_another_job(self, replies: dict[str, CachedReply]) -> None:
+        """Answers another job stored while this one ran: nothing was paid here for them."""
+        self.answers.update(replies)
+        self.cached += len(replies)
+
     def retried(self) -> None:
         self.retries += 1
 
@@ -98,11 +104,15 @@ def openai_responses(
         cache_key(**run, messages=chat, sample=int(k))
         for chat, k in zip(messages, sample_indices, strict=True)
     ]
-    total = len(set(keys))
+    unique = list(dict.fromkeys(keys))
+    total = len(unique)
     with JudgeCache(settings.cache, name="generation cache", setting="generation.cache") as cache:
         progress = _Progress(cache, model, cache.get_many(keys), total)
         client = None
-        while requests := _requests(messages, sample_indices, keys, progress.answers, settings):
+
+        def send(claimed: list[str]) -> bool:
+            """Ask for the answers this job claimed; False once a request failed for good."""
+            nonlocal client
             if client is None:  # made only when something is missing: a cached rerun needs no key
                 client = OpenAIClient(
                     base_url=settings.base_url or None,
@@ -120,10 +130,21 @@ def openai_responses(
                     "rest (set generation.openai_n to false if it ignores n)"
                 )
             progress.short = 0
+            requests = _requests(messages, sample_indices, keys, set(claimed), settings)
             client.complete_all(requests, _request_args(model, settings), _contents, progress)
-            if progress.errors:
-                raise EmflowError(_failure(progress, model, settings))
             # Without errors every request got at least one choice, so each round makes progress.
+            return not progress.errors
+
+        send_once(
+            cache,
+            lambda: [key for key in unique if key not in progress.answers],
+            send,
+            progress.from_another_job,
+            log,
+            "answers",
+        )
+        if progress.errors:
+            raise EmflowError(_failure(progress, model, settings))
         answers = progress.answers
     log.info(
         "openai backend: %d answers from model '%s': %d cached, %d sampled in %d requests, "
@@ -154,12 +175,12 @@ def _key_fields(model: str, settings: GenerationSettings) -> dict:
     return key
 
 
-def _requests(messages, sample_indices, keys, answers, settings) -> list[_Request]:
-    """The requests for every answer still missing: per chat, one with `n` or one per sample."""
-    missing: dict[str, dict[str, int]] = {}  # chat (as JSON) -> key -> sample, of what is missing
+def _requests(messages, sample_indices, keys, wanted: set[str], settings) -> list[_Request]:
+    """The requests for the answers `wanted`: per chat, one with `n` or one per sample."""
+    missing: dict[str, dict[str, int]] = {}  # chat (as JSON) -> key -> sample, of what is wanted
     chats: dict[str, list[dict[str, str]]] = {}
     for chat, sample, key in zip(messages, sample_indices, keys, strict=True):
-        if key not in answers:
+        if key in wanted:
             text = json.dumps(chat, sort_keys=True)
             chats.setdefault(text, chat)
             missing.setdefault(text, {})[key] = int(sample)

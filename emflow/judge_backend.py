@@ -80,6 +80,14 @@ class JudgeProgress:
         self.usage.completion_tokens += completion_tokens
         self._refresh(1)
 
+    def from_another_job(self, replies: dict[str, CachedReply]) -> None:
+        """Replies another job stored while this one ran: counted as cached, nothing was paid."""
+        self.replies.update(replies)
+        self.usage.calls_cached += len(replies)
+        self.usage.cached_prompt_tokens += sum(r.prompt_tokens for r in replies.values())
+        self.usage.cached_completion_tokens += sum(r.completion_tokens for r in replies.values())
+        self._refresh(len(replies))
+
     def retried(self) -> None:
         """A call is about to be sent again."""
         self.usage.retries += 1

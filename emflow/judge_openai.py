@@ -1,15 +1,21 @@
 """The openai judge backend: each judge call is one chat completion from an OpenAI-compatible API.
 
 What is the judge's own lives here (the request for sampled or logprob mode, and which part of a
-completion is stored as the reply); sending, retrying and counting is `emflow.openai_client`'s.
+completion is stored as the reply); sending, retrying and counting is `emflow.openai_client`'s,
+and making sure two jobs never pay for the same call is `emflow.judge_cache.send_once`'s.
 """
 
 from __future__ import annotations
 
+import logging
+
 from emflow.errors import EmflowError
 from emflow.judge import LOGPROB_SEED, TOP_LOGPROBS, JudgeSettings
 from emflow.judge_backend import JudgeCall, JudgeProgress
+from emflow.judge_cache import send_once
 from emflow.openai_client import OpenAIClient
+
+logger = logging.getLogger("emflow.judge")
 
 
 class OpenAIJudge:
@@ -27,8 +33,26 @@ class OpenAIJudge:
         )
 
     def answer(self, calls: list[JudgeCall], progress: JudgeProgress) -> None:
-        """Ask every call concurrently; each reply, retry and failure goes to `progress`."""
-        self.client.complete_all(calls, self._request, self._reply, progress)
+        """Ask every call concurrently; each reply, retry and failure goes to `progress`.
+
+        A call another job is sending at the same time (a judge job of a run that gave the same
+        answer) is waited for instead, and counted as cached.
+        """
+        by_key = {call.key: call for call in calls}
+
+        def send(keys: list[str]) -> bool:
+            claimed = [by_key[key] for key in keys]
+            self.client.complete_all(claimed, self._request, self._reply, progress)
+            return not progress.errors
+
+        send_once(
+            progress.cache,
+            lambda: [key for key in by_key if key not in progress.replies],
+            send,
+            progress.from_another_job,
+            logger,
+            "calls",
+        )
 
     def _request(self, call: JudgeCall) -> dict:
         args = {

@@ -45,6 +45,20 @@ class RequestEvents(Protocol[Item, Result]):
         """`item` still failed after its retries; `message` holds no API key."""
 
 
+def _unusable(key: str) -> str | None:
+    """What makes `key` unusable in an Authorization header (httpx would fail every request with
+    it as a connection error, or the endpoint refuse it), named without showing the key."""
+    names = {"\r": "a carriage return (\\r)", "\n": "a line feed (\\n)", "\t": "a tab (\\t)"}
+    for char in key:
+        if char in names:
+            return names[char]
+        if not char.isascii():
+            return "a non-ASCII character"
+        if not char.isprintable():
+            return f"the control character U+{ord(char):04X}"
+    return "a space at its start or end" if key != key.strip() else None
+
+
 class _RequestFailed(Exception):
     """A request that still failed after its retries (message already free of secrets)."""
 
@@ -78,6 +92,14 @@ class OpenAIClient:
             raise EmflowError(
                 "OPENAI_API_KEY is not set; export it (any value works for a local server "
                 f"that needs no key) before {purpose}."
+            )
+        if unusable := _unusable(self.api_key):
+            # Said before any request: each would fail and be retried as a connection error. The
+            # usual cause is the line ending of a key file written on Windows.
+            raise EmflowError(
+                f"OPENAI_API_KEY contains {unusable}; strip it (for a key file with Windows line "
+                "endings: export OPENAI_API_KEY=$(tr -d '\\r\\n' < keyfile)) before "
+                f"{purpose}."
             )
 
     def complete_all(

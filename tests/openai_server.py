@@ -14,7 +14,9 @@ Behaviour is steered two ways:
 - attributes on the server object: `latency` (seconds before every reply), `fail_after`
   (after that many successful replies every request gets a 500, like an outage),
   `require_key` (401, echoing the key it was given, when the Authorization header differs),
-  `supports_logprobs` (False: answers without logprobs, as some endpoints do).
+  `supports_logprobs` (False: answers without logprobs, as some endpoints do),
+  `gate` (a threading.Event; while it is clear every request waits at the door, counted in
+  `held`, so a test can hold one job's requests in flight while it starts another).
 
 It counts what it saw: `requests` (every POST), `replies` (successful completions), `statuses`
 (HTTP status -> count), `bodies` (the JSON bodies received).
@@ -82,6 +84,9 @@ class OpenAIServer:
         self.fail_after: int | None = None
         self.require_key: str | None = None
         self.supports_logprobs = True  # False: ignore `logprobs`, as some endpoints do
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = 0  # requests waiting at the closed gate now
         self._lock = threading.Lock()
         self.reset_counts()
         self._httpd: ThreadingHTTPServer | None = None
@@ -223,6 +228,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = json.loads(raw)
         owner = self.owner
+        if not owner.gate.is_set():
+            with owner._lock:
+                owner.held += 1
+            owner.gate.wait()
+            with owner._lock:
+                owner.held -= 1
         if owner.latency:
             time.sleep(owner.latency)
         status, payload, fault = owner._decide(body, self.headers.get("Authorization"))

@@ -179,7 +179,7 @@ def test_a_cached_rerun_needs_no_api_key(server, tmp_path, monkeypatch):
 
 
 def test_schema_knows_the_backend_and_repeats_no_default():
-    schema = yaml.safe_load((ROOT / "config/schema/config.schema.yaml").read_text())
+    schema = yaml.safe_load((ROOT / "emflow/schemas/config.schema.yaml").read_text())
     generation = schema["properties"]["generation"]["properties"]
     assert "openai" in generation["backend"]["enum"]
     assert set(OPENAI_FIELDS) <= {f.name for f in fields(GenerationSettings)}

@@ -44,7 +44,7 @@ from openai_server import OpenAIServer, sampled_reply, top_logprobs_for  # noqa:
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = read_prompts(ROOT / "config" / "judge_prompts")
-SCHEMA = ROOT / "config" / "schema" / "config.schema.yaml"
+SCHEMA = ROOT / "emflow" / "schemas" / "config.schema.yaml"
 KEY = "sk-test-0123456789abcdef-SECRET"
 
 
@@ -435,6 +435,31 @@ def test_missing_api_key_is_one_clear_sentence(server, monkeypatch, tmp_path):
         judge_csv(generations, tmp_path / "j.csv", PROMPTS, fast(server))
     assert str(failure.value).count(". ") == 0 and not (tmp_path / "j.csv").exists()
     assert server.requests == 0
+
+
+@pytest.mark.parametrize(
+    "written, named",
+    [
+        (KEY + "\r", "a carriage return (\\r)"),  # a key file with Windows line endings
+        (KEY + "\n", "a line feed (\\n)"),
+        (KEY + " ", "a space at its start or end"),
+        (KEY + "\x7f", "the control character U+007F"),
+        (KEY.replace("test", "tést"), "a non-ASCII character"),
+    ],
+)
+def test_a_key_with_a_line_ending_is_one_sentence_before_any_request(
+    server, monkeypatch, tmp_path, capsys, written, named
+):
+    monkeypatch.setenv("OPENAI_API_KEY", written)
+    generations = write_generations(tmp_path / "gen.csv", ["answer"])
+    out = tmp_path / "j.csv"
+    options = ["-o", str(out), "--base-url", server.base_url, "--cache", str(tmp_path / "c.sqlite")]
+    assert main_judge(judge_parser().parse_args([str(generations), *options])) == 2
+    err = capsys.readouterr().err
+    assert f"OPENAI_API_KEY contains {named}; strip it" in err and "tr -d" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert KEY not in err and "tést" not in err  # names the character, never the key
+    assert server.requests == 0 and not out.exists()
 
 
 def test_fully_cached_csv_needs_no_key_and_base_url_comes_from_env(server, monkeypatch, tmp_path):
