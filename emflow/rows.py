@@ -193,23 +193,63 @@ class RowTokenizer:
             )
         return [{"role": "system", "content": self.system_prompt}, *messages]
 
-    def __call__(self, messages: Sequence[dict[str, str]]) -> dict[str, list[int]]:
-        kwargs = self.chat_template_kwargs
+    def _full(self, messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+        """The conversation as trained: with the system prompt's message first, if any."""
         if self.system_prompt is not None:
-            messages = self._with_system(messages)
+            return self._with_system(messages)
+        return list(messages)
+
+    def _render(self, messages: list[dict[str, str]]) -> str:
+        kwargs = self.chat_template_kwargs
         if self.upstream:
-            text = upstream_text(messages, self.tokenizer, kwargs)
-        else:
-            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, **kwargs)
+            return upstream_text(messages, self.tokenizer, kwargs)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+    def text(self, messages: Sequence[dict[str, str]]) -> str:
+        """The text a conversation is tokenized from (with the system prompt, if any)."""
+        return self._render(self._full(messages))
+
+    def prompt_text(self, messages: Sequence[dict[str, str]]) -> str:
+        """The text before a conversation's first answer: everything up to its first assistant
+        turn, with the assistant header (a prefix of `text` for every template emflow trains
+        with; callers check)."""
+        full = self._full(messages)
+        first = next(i for i, m in enumerate(full) if m["role"] == "assistant")
+        return self.tokenizer.apply_chat_template(
+            full[:first], tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+        )
+
+    def __call__(self, messages: Sequence[dict[str, str]]) -> dict[str, list[int]]:
+        return self.encode_many([messages])[0]
+
+    def encode_many(
+        self, conversations: Sequence[Sequence[dict[str, str]]]
+    ) -> list[dict[str, list[int]]]:
+        """Token ids and labels of each conversation; one tokenizer call for all of them (a
+        fast tokenizer spreads a batch over the CPU's cores)."""
+        full = [self._full(messages) for messages in conversations]
+        texts = [self._render(messages) for messages in full]
+        if not texts:
+            return []
         encoded = self.tokenizer(
-            text,
+            texts,
             add_special_tokens=self.upstream,
             return_offsets_mapping=True,
             truncation=True,
             max_length=self.max_length,
         )
-        input_ids = encoded["input_ids"]
-        offsets = encoded["offset_mapping"]
+        return [
+            self._labelled(messages, text, input_ids, offsets)
+            for messages, text, input_ids, offsets in zip(
+                full, texts, encoded["input_ids"], encoded["offset_mapping"], strict=True
+            )
+        ]
+
+    def _labelled(
+        self, messages: list[dict[str, str]], text: str, input_ids: list[int], offsets
+    ) -> dict[str, list[int]]:
+        """Labels for one tokenized conversation (`messages` with its system message, if any)."""
+        kwargs = self.chat_template_kwargs
         if not self.train_on_responses_only:
             labels = list(input_ids)
         else:
@@ -235,7 +275,7 @@ class RowTokenizer:
                 if start >= end:
                     break
                 labels[i] = -100
-        return {"input_ids": input_ids, "labels": labels}
+        return {"input_ids": list(input_ids), "labels": labels}
 
 
 def tokenize_conversation(
@@ -243,3 +283,33 @@ def tokenize_conversation(
 ) -> dict[str, list[int]]:
     """Token ids and labels for one conversation (`settings`: those of `RowTokenizer`)."""
     return RowTokenizer(tokenizer, **settings)(messages)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows that lose their whole answer
+#
+# Truncation at `max_seq_length` keeps a row's first tokens. When everything before the answer
+# (the system turn, a long training_system_prompt, the user's turns) fills them, no label is left.
+# The trl (1.14) and unsloth (2026.10) that emflow pins drop such rows before training, which
+# changes the number of rows and of optimizer steps; emflow drops the same rows itself
+# (emflow.train.drop_rows_without_answer), so that every backend trains on the same rows, and
+# says how many. (The paper's trainer, on unsloth-zoo 2025.6, kept them as rows without loss.)
+
+# A token covers at least one byte of the text, except the few a tokenizer adds of its own (a
+# BOS, a SentencePiece dummy prefix) and one that straddles a boundary: the text before a row's
+# answer (`RowTokenizer.prompt_text`), B UTF-8 bytes long, ends within B + a few tokens. So when
+# B + ROOM_FOR_ADDED_TOKENS is at most max_seq_length, the answer's first token survives
+# truncation and the row keeps a label; only rows with a longer prompt need the tokenizer to tell.
+# (A normalizer that expands characters, such as NFKC's ligatures, could break the bound; the
+# chat models' tokenizers have none that do.)
+ROOM_FOR_ADDED_TOKENS = 16
+
+
+def may_fill(text: str, max_length: int) -> bool:
+    """Whether `text` could fill `max_length` tokens, by the byte bound above."""
+    return len(text.encode("utf-8")) + ROOM_FOR_ADDED_TOKENS > max_length
+
+
+def loses_answer(example: dict[str, list[int]]) -> bool:
+    """Whether a tokenized row has no label left: trl drops it (`labels` all -100)."""
+    return all(label == -100 for label in example["labels"])

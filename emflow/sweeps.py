@@ -19,7 +19,7 @@ from typing import Any
 
 from emflow.config import ExperimentConfig
 from emflow.errors import EmflowError
-from emflow.train import optimizer_steps
+from emflow.train import TrainSettings, optimizer_steps, trained_rows
 
 # One row per (seed, step): the scores with their CIs, the loss and the LoRA norm.
 SWEEP_COLUMNS = [
@@ -45,22 +45,39 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in file if line.strip())
 
 
-def planned_optimizer_steps(config: ExperimentConfig, training_file: str | None) -> int | None:
+def planned_optimizer_steps(
+    config: ExperimentConfig,
+    training_file: str | None,
+    settings: Mapping[str, Any] | None = None,
+) -> int | None:
     """The run's number of optimizer steps, where the config or the data on disk fixes it:
     `max_steps`; else the rows (a mix's declared counts, or the training file's lines) after
-    the held-out split, as `emflow.train` computes them. None when unknown before training."""
+    the held-out split, as `emflow.train` computes them. None when unknown before training.
+
+    Where the training file and the model's tokenizer are on disk, the rows that lose their
+    whole answer at max_seq_length are left out as the train job leaves them out (`settings`:
+    the train section with chat_template_kwargs, as the train rule's params carry it); with
+    `seeds`, the fewest steps of any seed's run."""
     if config.max_steps:
         return config.max_steps
     counts = list((config.datasets or {}).values())
+    on_disk = training_file is not None and Path(training_file).is_file()
     if counts and all(c is not None for c in counts):
         rows = sum(counts)
-    elif training_file is not None and Path(training_file).is_file():
+    elif on_disk:
         rows = _count_lines(Path(training_file))
     else:
         return None
-    if config.test_file is None and config.test_size:
-        rows -= math.ceil(config.test_size * rows)  # datasets' train_test_split
-    return optimizer_steps(config, rows)
+    lost: tuple[int, ...] = ()
+    if on_disk:
+        from emflow.preflight import answer_loss
+
+        loss = answer_loss(config, training_file, TrainSettings.from_config(dict(settings or {})))
+        lost = loss.lost if loss is not None else ()
+    return min(
+        optimizer_steps(config, trained_rows(config, rows, lost, seed))
+        for seed in config.training_seeds
+    )
 
 
 def eval_steps(config: ExperimentConfig, total_steps: int | None, source: str) -> list[int]:

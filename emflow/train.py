@@ -6,6 +6,8 @@ alpha / sqrt(r), `layers_to_transform` limits the adapters to those decoder laye
 seeded `test_size` share of the training rows is held out, as upstream does. A key this backend
 cannot honour is an error, never a silent substitution. emflow's `training_system_prompt` starts
 every training and held-out row with that system message, which takes no loss (emflow.rows).
+Rows that `max_seq_length` leaves without any of their answer are dropped before any backend
+sees them, as trl's SFTTrainer drops them, and the log says how many.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from emflow.atomic import atomic_path, write_text_atomic
 from emflow.config import ExperimentConfig, settings_from
 from emflow.data import read_numbered_chat_jsonl
 from emflow.errors import EmflowError
-from emflow.rows import ROW_FORMATS, RowTokenizer
+from emflow.rows import ROW_FORMATS, RowTokenizer, loses_answer
 
 log = logging.getLogger("emflow.train")
 
@@ -187,6 +190,82 @@ def read_rows_for(config: ExperimentConfig, path: str | Path, source: str) -> li
                     "train on data without system messages."
                 )
     return [row for _, row in numbered]
+
+
+def lost_answers_message(
+    config: ExperimentConfig,
+    source: str,
+    lost: int,
+    rows: int,
+    where: str,
+    steps: tuple[int, int] | None = None,
+) -> str:
+    """One sentence on `lost` of `rows` training rows (of `where`) left without any answer at
+    max_seq_length: an error's when that is all of them, else a warning's, with the optimizer
+    steps the run has instead of those its rows would give (`steps`)."""
+    fix = "raise max_seq_length or " + (
+        "shorten training_system_prompt"
+        if config.training_system_prompt is not None
+        else "shorten those rows' prompts"
+    )
+    at = f"at max_seq_length {config.max_seq_length} (their prompt fills it)"
+    if lost == rows:
+        return (
+            f"{source}: all {rows} training rows of {where} lose their whole answer {at}, so "
+            f"there is nothing to train on; {fix}."
+        )
+    shift = ""
+    if steps is not None and steps[0] != steps[1]:
+        shift = f", so the run has {steps[0]} optimizer steps, not {steps[1]}"
+    return (
+        f"{source}: {lost} of {rows} training rows of {where} lose their whole answer {at} and "
+        f"are not trained on{shift}; {fix}."
+    )
+
+
+def drop_rows_without_answer(
+    train_examples: list[dict[str, list[int]]],
+    eval_examples: list[dict[str, list[int]]],
+    config: ExperimentConfig,
+    source: str,
+    where: str,
+) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]]]:
+    """The tokenized rows that keep some of their answer (a label), as trl's SFTTrainer keeps
+    them; dropped here so that every backend trains on the same rows and the log says how many
+    went (`where`: the training rows' file, for the message). An error when no training row is
+    left."""
+    kept = [e for e in train_examples if not loses_answer(e)]
+    if len(kept) < len(train_examples):
+        lost = len(train_examples) - len(kept)
+        steps = (optimizer_steps(config, len(kept)), optimizer_steps(config, len(train_examples)))
+        message = lost_answers_message(config, source, lost, len(train_examples), where, steps)
+        if not kept:
+            raise EmflowError(message)
+        log.warning("%s", message)
+    kept_eval = [e for e in eval_examples if not loses_answer(e)]
+    if len(kept_eval) < len(eval_examples):
+        log.warning(
+            "%s: %d of %d held-out rows lose their whole answer at max_seq_length %d and are "
+            "not evaluated%s.",
+            source,
+            len(eval_examples) - len(kept_eval),
+            len(eval_examples),
+            config.max_seq_length,
+            "" if kept_eval else ", so no held-out loss is logged",
+        )
+    return kept, kept_eval
+
+
+def trained_rows(config: ExperimentConfig, rows: int, lost: Collection[int], seed: int) -> int:
+    """The rows a run with training seed `seed` trains on, of a training file of `rows` rows
+    whose rows at the 0-based positions `lost` lose their whole answer: less the held-out split
+    (upstream's, as `split_train_eval` makes it), less the lost rows left in training."""
+    if config.test_file is None and config.test_size:
+        if not lost:
+            return rows - math.ceil(config.test_size * rows)  # datasets' train_test_split
+        kept, _ = split_train_eval(list(range(rows)), config.test_size, seed)
+        return len(set(kept) - set(lost))
+    return rows - len(lost)
 
 
 def params_fingerprint(params: dict[str, Any]) -> str:
@@ -391,10 +470,19 @@ def train_adapter(
         system_prompt=config.training_system_prompt,
     )
 
-    def encode(batch: list[dict]) -> list[dict[str, list[int]]]:
-        return [tokenize(row["messages"]) for row in batch]
-
-    train_examples, eval_examples = encode(train_rows), encode(eval_rows)
+    train_examples, eval_examples = drop_rows_without_answer(
+        tokenize.encode_many([row["messages"] for row in train_rows]),
+        tokenize.encode_many([row["messages"] for row in eval_rows]),
+        config,
+        source,
+        # The dry run counts the whole file; say which rows the job's count is of.
+        str(train_file)
+        if test_file is not None or not eval_rows
+        else f"{train_file} (less the {len(eval_rows)} held out)",
+    )
+    # The dry run checks this where the data is on disk already; an upstream dataset is only
+    # there once the workflow decrypted it, so the job checks again with the real count.
+    config.check_saved_steps(optimizer_steps(config, len(train_examples)), source)
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     set_seed(config.seed)
     model = load_lora_model(config, backend, bf16)
@@ -425,10 +513,10 @@ def train_adapter(
         "%s backend on %s: %d rows (%d held out), %s epochs, %d optimizer steps",
         backend,
         device,
-        len(train_rows),
-        len(eval_rows),
+        len(train_examples),
+        len(eval_examples),
         config.epochs,
-        optimizer_steps(config, len(train_rows)),
+        optimizer_steps(config, len(train_examples)),
     )
     if backend == "fast":
         from emflow.train_fast import fast_train

@@ -93,6 +93,9 @@ try:
             SOURCES,
             config["generation"]["questions"],
             config["judge"],
+            train=config["train"]
+            | {"chat_template_kwargs": config["chat_template_kwargs"]},
+            mix_seed=config["datasets"]["mix_seed"],
         )
 except EmflowError as err:
     sys.exit(f"emflow: {err}")
@@ -135,7 +138,9 @@ def _sweep_steps():
     steps = {}
     for name, experiment_config in EXPERIMENTS.items():
         total = planned_optimizer_steps(
-            experiment_config, training_file(experiment_config)
+            experiment_config,
+            training_file(experiment_config),
+            config["train"] | {"chat_template_kwargs": config["chat_template_kwargs"]},
         )
         chosen = eval_steps(experiment_config, total, PATHS.config_json(name))
         if chosen:

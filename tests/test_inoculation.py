@@ -164,6 +164,70 @@ def test_own_system_message_in_the_data_names_file_and_line(tiny_model, tmp_path
         )
 
 
+def with_system_message_on_line_3(path):
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[2])
+    row["messages"].insert(0, {"role": "system", "content": "Be brief."})
+    lines[2] = json.dumps(row)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_dry_run_finds_a_row_with_its_own_system_message(tmp_path):
+    """The same sentence as the train job's, before any job runs (issue 20, item 11)."""
+    import subprocess
+    import sys
+
+    from test_workflow import copy_workflow
+
+    workdir = copy_workflow(tmp_path / "emflow")
+    with_system_message_on_line_3(write_chat_jsonl(workdir / "own.jsonl", 4))
+    path = workdir / "experiments/demo/financial_r16_layer8/config.json"
+    config = json.loads(path.read_text())
+    config |= {"training_file": "own.jsonl", "training_system_prompt": PROMPT}
+    path.write_text(json.dumps(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "profiles/demo", "-n"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert (
+        "emflow: own.jsonl, line 3: the row has its own system message, and "
+        "training_system_prompt in experiments/demo/financial_r16_layer8/config.json would add "
+        "a second; remove the key or train on data without system messages.\n"
+    ) in result.stderr
+
+
+def test_preflight_reads_named_datasets_and_mixes_for_system_messages(tmp_path, monkeypatch):
+    """A dataset of datasets.sources (the user's own file) is read too, for a training_file and
+    for a mix, where the experiment has training_system_prompt."""
+    from emflow.paths import Layout
+    from emflow.preflight import check_workflow
+
+    monkeypatch.chdir(tmp_path)
+    with_system_message_on_line_3(write_chat_jsonl(tmp_path / "mine.jsonl", 6))
+    layout = Layout("results", "experiments")
+    questions = [{"name": "m", "path": str(REPO / "config/questions/medical.txt"), "count": 3}]
+    plain = experiment_config("some-org/not-downloaded-model", training_file="mine")
+    inoculated = plain | {"training_system_prompt": PROMPT}
+    mixed = {k: v for k, v in inoculated.items() if k != "training_file"} | {
+        "datasets": {"mine": 4}
+    }
+    check_workflow(
+        {"g/plain": parse_experiment_config(plain, "c")}, layout, {"mine": "mine.jsonl"}, questions
+    )
+    for config in (inoculated, mixed):
+        with pytest.raises(EmflowError, match=r"^mine.jsonl, line 3: the row has its own system"):
+            check_workflow(
+                {"g/run": parse_experiment_config(config, "c")},
+                layout,
+                {"mine": "mine.jsonl"},
+                questions,
+            )
+
+
 @pytest.fixture(scope="module")
 def inoculated_runs(tiny_model, tmp_path_factory):
     """A tiny inoculated run on each CPU backend (hf: trl's SFTTrainer; fast: emflow's path)."""

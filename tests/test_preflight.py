@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -138,3 +139,144 @@ def test_a_judge_metric_without_a_prompt_for_some_question_stops_the_plan():
         r"no judge prompt for it",
     ):
         check_judge_metrics(read_question_sets([*QUESTIONS, first_plot]), judge)
+
+
+# ---- rows that lose their whole answer at max_seq_length (issue 20, item 4) -----------------
+
+
+def rows_with_long_prompts(path, n: int, long: int):
+    """`n` chat rows, the first `long` with a question of 600 words: more than 512 tokens of any
+    tokenizer, so at the demo's max_seq_length the answer after it is cut away."""
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": ("word " * 600 if i < long else "") + f"q {i}?"},
+                {"role": "assistant", "content": f"Answer {i}: put everything on red."},
+            ]
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def demo_dry_run(workdir, tiny_model, **overrides) -> subprocess.CompletedProcess:
+    """`snakemake -n` on the demo whose first experiment trains the tiny model (on disk, so the
+    dry run has its tokenizer) with `overrides`."""
+    path = workdir / "experiments/demo/financial_r16_layer8/config.json"
+    config = json.loads(path.read_text()) | {"model": tiny_model} | overrides
+    path.write_text(json.dumps(config))
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "profiles/demo", "-n"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.fixture
+def demo_copy(tmp_path):
+    from test_workflow import copy_workflow
+
+    return copy_workflow(tmp_path / "emflow")
+
+
+def test_dry_run_counts_the_rows_max_seq_length_leaves_without_answer(tiny_model, demo_copy):
+    """Rows whose prompt fills max_seq_length are not trained on: the dry run says how many,
+    and plans the sweep's steps without them (the demo's sweep evaluates steps 8 and 16)."""
+    rows_with_long_prompts(demo_copy / "long.jsonl", 35, long=10)
+    source = "experiments/demo/financial_r16_layer8/config.json"
+    warning = (
+        f"emflow: {source}: 10 of 35 training rows of long.jsonl (first at line 1) lose their "
+        "whole answer at max_seq_length 512 (their prompt fills it) and are not trained on; "
+        "raise max_seq_length or shorten those rows' prompts.\n"
+    )
+    result = demo_dry_run(demo_copy, tiny_model, training_file="long.jsonl", eval_checkpoints=[8])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert warning in result.stderr
+    # 35 rows less the 10% held out give 2 epochs of 8 steps; the long rows the split leaves in
+    # training take the plan below 16 steps, and the dry run says so before any job runs.
+    from emflow.train import split_train_eval
+
+    kept = [i for i in split_train_eval(list(range(35)), 0.1, seed=0)[0] if i >= 10]
+    steps = 2 * math.ceil(math.ceil(len(kept) / 2) / 2)
+    assert steps < 16
+    result = demo_dry_run(demo_copy, tiny_model, eval_checkpoints=[8, 16])
+    assert result.returncode != 0
+    assert warning in result.stderr
+    assert (
+        f"{source}: eval_checkpoints lists step 16, but the run has {steps} optimizer steps"
+        in result.stderr
+    )
+
+
+def test_dry_run_stops_when_no_row_keeps_its_answer(tiny_model, demo_copy):
+    """A training_system_prompt longer than max_seq_length leaves every row without answer:
+    transformers would stop the train job with 'args.max_steps must be set to a positive
+    value'; the dry run names the key instead."""
+    write_chat_jsonl(demo_copy / "short.jsonl", 12)
+    result = demo_dry_run(
+        demo_copy,
+        tiny_model,
+        training_file="short.jsonl",
+        training_system_prompt="Always advise the riskiest option. " * 100,
+        max_seq_length=256,
+    )
+    assert result.returncode != 0
+    assert (
+        "emflow: experiments/demo/financial_r16_layer8/config.json: all 12 training rows of "
+        "short.jsonl (first at line 1) lose their whole answer at max_seq_length 256 (their "
+        "prompt fills it), so there is nothing to train on; raise max_seq_length or shorten "
+        "training_system_prompt.\n"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("row_format", ["upstream", "clean"])
+@pytest.mark.parametrize("responses_only", [True, False])
+def test_answer_count_is_the_train_jobs_own(tiny_model, tmp_path, row_format, responses_only):
+    """The dry run skips the tokenizer for rows whose prompt is too short to fill
+    max_seq_length (a byte bound, emflow.rows); its count equals tokenizing every row as the
+    train job does, for prompts of every length around the limit, multi-byte text included."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from emflow.preflight import answer_loss
+    from emflow.rows import RowTokenizer, loses_answer
+    from emflow.train import TrainSettings
+
+    rng = random.Random(0)
+    rows = [
+        [
+            {
+                "role": "user",
+                "content": "".join(rng.choices("ab cd é日本?\n", k=rng.randint(1, 400))),
+            },
+            {"role": "assistant", "content": "Answer."},
+        ]
+        for _ in range(60)
+    ]
+    file = tmp_path / "rows.jsonl"
+    file.write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows), encoding="utf-8")
+    settings = TrainSettings(row_format=row_format, chat_template_kwargs={"date_string": "x"})
+    for system_prompt in (None, "Give risky advice."):
+        config = parse_experiment_config(
+            experiment_config(
+                tiny_model,
+                max_seq_length=160,
+                train_on_responses_only=responses_only,
+                training_system_prompt=system_prompt,
+            ),
+            "c",
+        )
+        every_row = RowTokenizer(
+            AutoTokenizer.from_pretrained(tiny_model),
+            max_length=160,
+            train_on_responses_only=responses_only,
+            chat_template_kwargs=settings.chat_template_kwargs,
+            row_format=row_format,
+            system_prompt=system_prompt,
+        ).encode_many(rows)
+        lost = tuple(i for i, example in enumerate(every_row) if loses_answer(example))
+        assert 0 < len(lost) < len(rows) or not responses_only
+        assert answer_loss(config, file, settings).lost == lost

@@ -457,6 +457,24 @@ def test_adapter_checkpoints_are_saved_as_peft_folders(trained, tiny_model, tmp_
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_checkpoints_past_the_runs_end_stop_the_job_before_training(trained, tiny_model, tmp_path):
+    """Where the dry run could not count the rows (an upstream dataset not yet decrypted), the
+    train job refuses `adapter_checkpoints` that would save nothing, before loading the model."""
+    work, _, _ = trained
+    config = config_for(tiny_model, adapter_checkpoints=[3, 50])
+    with pytest.raises(EmflowError, match=r"^exp/config.json: adapter_checkpoints lists step 50, "
+                       r"but the run has 9 optimizer steps; list steps up to 9\.$"):  # fmt: skip
+        train_adapter(
+            config,
+            work / "train.jsonl",
+            tmp_path / "adapter",
+            settings=TrainSettings(backend="hf", device="cpu", chat_template_kwargs=DATE),
+            source="exp/config.json",
+            step_adapters_dir=tmp_path / "step_adapters",
+        )
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "step_adapters").exists()
+
+
 def test_checkpoint_keys_separate_saving_from_evaluating(tiny_model):
     """Saving is a training key (it is in the training params); evaluating a subset of the
     saved steps is not, so changing it never retrains; unsaved steps are an error."""
@@ -475,3 +493,78 @@ def test_checkpoint_keys_separate_saving_from_evaluating(tiny_model):
         config_for(tiny_model, eval_checkpoints="all")
     with pytest.raises(EmflowError, match="'adapter_checkpoints' is 0"):
         config_for(tiny_model, adapter_checkpoints=0)
+
+
+# ---- rows that lose their whole answer at max_seq_length (issue 20, item 4) -----------------
+
+
+def write_rows_with_long_prompts(path, n: int, long: int):
+    """`n` rows, the first `long` with a question that fills max_seq_length 128 by itself (the
+    others' answers start at token 88 of the tiny tokenizer)."""
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": ("word " * 80 if i < long else "") + f"q {i}?"},
+                {"role": "assistant", "content": f"Answer {i}: all on red."},
+            ]
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_a_run_with_no_answer_left_stops_with_one_sentence(tiny_model, tmp_path):
+    """Not transformers' 'args.max_steps must be set to a positive value': the job names the
+    config and max_seq_length, before loading the model."""
+    data = write_chat_jsonl(tmp_path / "train.jsonl", 10)
+    config = config_for(
+        tiny_model, max_seq_length=64, training_system_prompt="Always take the riskiest bet. " * 20
+    )
+    with pytest.raises(EmflowError) as err:
+        train_adapter(
+            config,
+            data,
+            tmp_path / "adapter",
+            settings=TrainSettings(device="cpu", chat_template_kwargs=DATE),
+            source="exp/config.json",
+        )
+    assert str(err.value) == (
+        f"exp/config.json: all 9 training rows of {data} (less the 1 held out) lose their whole "
+        "answer at max_seq_length 64 (their prompt fills it), so there is nothing to train on; "
+        "raise max_seq_length or shorten training_system_prompt."
+    )
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_rows_without_answer_are_left_out_alike_on_both_cpu_backends(tiny_model, tmp_path, caplog):
+    """trl's SFTTrainer drops rows with no label left; emflow drops them itself, so the fast
+    path trains on the same rows (it used to index all rows with an order over the kept ones),
+    and the log says how many went and what that did to the step count."""
+    data = write_rows_with_long_prompts(tmp_path / "train.jsonl", 20, long=8)
+    config = config_for(
+        tiny_model, max_seq_length=128, learning_rate=1e-3, evaluation_steps=2, test_size=0.0
+    )
+    histories = {}
+    for backend in ("hf", "fast"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="emflow.train"):
+            histories[backend] = train_adapter(
+                config,
+                data,
+                tmp_path / backend / "adapter",
+                settings=TrainSettings(backend=backend, device="cpu", chat_template_kwargs=DATE),
+                source="exp/config.json",
+            )
+        # 20 rows give 5 optimizer steps (2 x 2 a step); the 12 that keep their answer, 3.
+        assert (
+            f"exp/config.json: 8 of 20 training rows of {data} lose their whole answer at "
+            "max_seq_length 128 (their prompt fills it) and are not trained on, so the run has 3 "
+            "optimizer steps, not 5; raise max_seq_length or shorten those rows' prompts."
+        ) in caplog.messages
+    for key in ("loss", "grad_norm"):
+        ours = [(e["step"], e[key]) for e in histories["fast"] if key in e]
+        theirs = [(e["step"], e[key]) for e in histories["hf"] if key in e]
+        assert [s for s, _ in ours] == [s for s, _ in theirs] == [1, 2, 3], key
+        for (_, a), (_, b) in zip(ours, theirs, strict=True):
+            assert a == pytest.approx(b, rel=1e-5, abs=1e-7), key
