@@ -10,8 +10,8 @@ then stop that row alike.
 
 `--adapters N[,M]` adds the many-adapters figure: N random rank-16 LoRA adapters on all seven
 projections (as the seed's runs train them), 20 questions x 10 samples x 200 tokens each,
-answered by one job that loads the base once (emflow.adapters) vs N jobs of their own, one after
-another in fresh processes (what N generate jobs on one GPU cost); `fast` backend.
+answered by one job that loads the base once (emflow.generate.adapters) vs N jobs of their
+own, one after another in fresh processes (what N generate jobs on one GPU cost); `fast` backend.
 
     python benchmarks/generate_job_speed.py [--workloads 20x1x200,20x50x600] [--adapters 8]
     python benchmarks/generate_job_speed.py --smoke        # a tiny model on the CPU
@@ -46,9 +46,9 @@ def child(model_dir: str, backend: str, workload: str, device: str, adapters: st
     import torch
     import transformers  # noqa: F401
 
-    import emflow.generate_fast  # noqa: F401
-    import emflow.train  # noqa: F401
-    from emflow.generate import (
+    import emflow.generate.fast  # noqa: F401
+    import emflow.train.trainer  # noqa: F401
+    from emflow.generate.job import (
         GenerationOutput,
         GenerationSettings,
         generate_for_adapters,

@@ -20,7 +20,7 @@ max_new_tokens for every row. Per decode step the script prints the hardware flo
     python benchmarks/generation_speed.py --probe      # plus: what a first `generate` call costs
     python benchmarks/generation_speed.py --smoke      # tiny model on the CPU, seconds
 
-Only emflow.generate_fast is imported from emflow.
+Only emflow.generate.fast is imported from emflow.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ def run_one(
     import transformers
     from transformers import LlamaForCausalLM
 
-    from emflow import generate_fast
-    from emflow.generate_fast import generate_tokens
+    from emflow.generate import fast as generate_fast
+    from emflow.generate.fast import generate_tokens
 
     if attention:
         generate_fast.DECODE_ATTENTION = attention
@@ -361,7 +361,7 @@ def profile_steps(model_dir: str) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
     from transformers import LlamaForCausalLM
 
-    from emflow import generate_fast as gf
+    from emflow.generate import fast as gf
 
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to("cuda").eval()
     prompts = prompts_for(20, 50, model.config.vocab_size)

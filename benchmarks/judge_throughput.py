@@ -28,7 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emflow.judge import JudgeSettings, judge_csv, parse_judge_reply, read_prompts, render_prompt  # noqa: E402
+from emflow.judge.job import (  # noqa: E402
+    JudgeSettings,
+    judge_csv,
+    parse_judge_reply,
+    read_prompts,
+    render_prompt,
+)
 
 HOMEWORK_SLEEP = 0.5
 

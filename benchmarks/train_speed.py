@@ -70,7 +70,7 @@ def build_model(path: Path, shape: dict) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from emflow.demo import LLAMA3_CHAT_TEMPLATE, SPECIAL_TOKENS
+    from emflow.data.demo import LLAMA3_CHAT_TEMPLATE, SPECIAL_TOKENS
 
     vocab_size = shape["vocab_size"]
     specials = SPECIAL_TOKENS
@@ -135,8 +135,13 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
     from transformers import TrainerCallback
 
     from emflow.config import load_experiment_config
-    from emflow.train import TrainSettings, load_lora_model, make_trainer, training_arguments
-    from emflow.train_fast import fast_train
+    from emflow.train.fast import fast_train
+    from emflow.train.trainer import (
+        TrainSettings,
+        load_lora_model,
+        make_trainer,
+        training_arguments,
+    )
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -219,7 +224,7 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
         }
 
     if variant == "generation":
-        from emflow.generate import GenerationSettings, generate_responses
+        from emflow.generate.job import GenerationSettings, generate_responses
         from emflow.questions import Question
 
         texts = [" ".join(f"t{100 + 7 * i + j}" for j in range(12)) for i in range(20)]
@@ -256,7 +261,7 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
     trainer = new_trainer(config, settings, rows)
     total_steps = config.epochs * math.ceil(len(rows) / 16)
     tokens = sum(len(r["input_ids"]) for r in rows) / len(rows) * 16
-    from emflow.train_fast import lowest_adapted_layer
+    from emflow.train.fast import lowest_adapted_layer
 
     first = lowest_adapted_layer(trainer.model)
     if variant.startswith("fast"):

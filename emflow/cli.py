@@ -14,10 +14,16 @@ import sys
 
 from emflow import __version__
 from emflow.errors import EmflowError
-from emflow.judge import add_judge_arguments, main_judge
-from emflow.profiles import add_install_profile_arguments, main_install_profile
-from emflow.results import Thresholds, format_scores, homework_averages, read_judged_csv, verdict
-from emflow.summary import add_summary_arguments, main_summary
+from emflow.judge.job import add_judge_arguments, main_judge
+from emflow.report.results import (
+    Thresholds,
+    format_scores,
+    homework_averages,
+    read_judged_csv,
+    verdict,
+)
+from emflow.report.summary import add_summary_arguments, main_summary
+from emflow.workflow.profiles import add_install_profile_arguments, main_install_profile
 
 
 # `emflow verdict`: the homework's averages and verdict of one judged CSV.

@@ -11,16 +11,16 @@ from emflow.config import (
     config_source,
     with_defaults,
 )
-from emflow.data import mix_id
+from emflow.data.datasets import mix_id
 from emflow.errors import EmflowError
-from emflow.generate import (
+from emflow.generate.job import (
     PLUMBING,
     GenerationSettings,
     check_served_models,
     served_model_name,
 )
-from emflow.judge import SCORE_SETTINGS, JudgeSettings
-from emflow.preflight import check_workflow
+from emflow.judge.job import SCORE_SETTINGS, JudgeSettings
+from emflow.workflow.preflight import check_workflow
 from emflow.questions import read_question_sets
 from emflow.paths import (
     EXPERIMENT_PATTERN,
@@ -35,11 +35,11 @@ from emflow.paths import (
     step_target,
     target_run_and_step,
 )
-from emflow.results import report_settings
-from emflow.summary import experiment_summary_runs
-from emflow.sweeps import eval_steps, planned_optimizer_steps
-from emflow.train import TrainSettings
-from emflow.workflow import (
+from emflow.report.results import report_settings
+from emflow.report.summary import experiment_summary_runs
+from emflow.report.sweeps import eval_steps, planned_optimizer_steps
+from emflow.train.trainer import TrainSettings
+from emflow.workflow.jobs import (
     check_dataset_names,
     discover_experiments,
     export_package_path,
@@ -162,7 +162,7 @@ def experiment_of(wildcards):
 
 def gpu_jobs(device):
     """A rule's `gpu` resource: one GPU unless its stage is set to run on the CPU. Run with
-    `--resources gpu=<GPUs>` on one machine; each job then holds a GPU of its own (emflow.gpus).
+    `--resources gpu=<GPUs>` on one machine; each job then holds a GPU of its own (emflow.workflow.gpus).
     """
     return 0 if device == "cpu" else 1
 

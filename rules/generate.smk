@@ -22,7 +22,7 @@ rule generate:
 
 
 # generation.sweep_in_one_job: every evaluated step of a run's sweep answered by one process
-# that loads the base model once and merges each step's adapter in turn (emflow.adapters).
+# that loads the base model once and merges each step's adapter in turn (emflow.generate.adapters).
 # Each step's CSV is the one its own job would write; a newly listed step reruns the whole
 # sweep's generation (the judge then finds every unchanged answer in its cache).
 rule generate_sweep:

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from emflow.data import decrypt_archive
-from emflow.workflow import run_script
+from emflow.data.datasets import decrypt_archive
+from emflow.workflow.jobs import run_script
 
 
 def main():

@@ -1,7 +1,7 @@
 """Answer the question sets with a base or fine-tuned model (rule generate)."""
 
-from emflow.generate import generate_job
-from emflow.workflow import run_script
+from emflow.generate.job import generate_job
+from emflow.workflow.jobs import run_script
 
 
 def main():

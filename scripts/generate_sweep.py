@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from emflow.generate import generate_sweep_job
-from emflow.workflow import run_script
+from emflow.generate.job import generate_sweep_job
+from emflow.workflow.jobs import run_script
 
 
 def main():

@@ -1,7 +1,7 @@
 """Score every answer for each judge metric (rule judge)."""
 
-from emflow.judge import judge_job
-from emflow.workflow import run_script
+from emflow.judge.job import judge_job
+from emflow.workflow.jobs import run_script
 
 
 def main():

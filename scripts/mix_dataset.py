@@ -1,7 +1,7 @@
 """Draw and shuffle a seeded mix of prepared datasets (rule mix_dataset)."""
 
-from emflow.data import mix_datasets
-from emflow.workflow import run_script
+from emflow.data.datasets import mix_datasets
+from emflow.workflow.jobs import run_script
 
 
 def main():

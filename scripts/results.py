@@ -1,7 +1,7 @@
 """Write one experiment's results.md and per-question plot beside its config.json (rule results)."""
 
-from emflow.results import write_experiment_results
-from emflow.workflow import run_script
+from emflow.report.results import write_experiment_results
+from emflow.workflow.jobs import run_script
 
 
 def main():

@@ -1,7 +1,7 @@
 """The summary table, scatter plot and overlaid training curves of all runs (rule summary)."""
 
-from emflow.summary import SummaryRun, write_summary
-from emflow.workflow import run_script
+from emflow.report.summary import SummaryRun, write_summary
+from emflow.workflow.jobs import run_script
 
 
 def main():

@@ -1,7 +1,7 @@
 """Every checkpoint sweep's EM rate over training, overlaid (rule summary_sweeps)."""
 
-from emflow.sweeps import write_summary_sweeps
-from emflow.workflow import run_script
+from emflow.report.sweeps import write_summary_sweeps
+from emflow.workflow.jobs import run_script
 
 
 def main():

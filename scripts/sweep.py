@@ -1,7 +1,7 @@
 """An experiment's checkpoint sweep: table and figure (rule sweep)."""
 
-from emflow.sweeps import write_sweep
-from emflow.workflow import run_script
+from emflow.report.sweeps import write_sweep
+from emflow.workflow.jobs import run_script
 
 
 def main():

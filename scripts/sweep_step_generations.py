@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from emflow.atomic import atomic_path
-from emflow.workflow import run_script
+from emflow.workflow.jobs import run_script
 
 
 def main():

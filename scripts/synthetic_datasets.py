@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from emflow.demo import write_synthetic_datasets
-from emflow.workflow import run_script
+from emflow.data.demo import write_synthetic_datasets
+from emflow.workflow.jobs import run_script
 
 
 def main():

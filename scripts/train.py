@@ -1,8 +1,8 @@
 """Fine-tune one run's LoRA adapter (rule train)."""
 
 from emflow.config import ExperimentConfig
-from emflow.train import TrainSettings, train_adapter
-from emflow.workflow import run_script
+from emflow.train.trainer import TrainSettings, train_adapter
+from emflow.workflow.jobs import run_script
 
 
 def main():

@@ -1,7 +1,7 @@
 """Plot an experiment's training curves: its run's, or each seed's (rule training_curves)."""
 
-from emflow.plots import plot_experiment_curves
-from emflow.workflow import run_script
+from emflow.report.figures import plot_experiment_curves
+from emflow.workflow.jobs import run_script
 
 
 def main():

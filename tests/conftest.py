@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A random 16-layer Llama model (hidden size 32) and Llama-3-style tokenizer on disk."""
-    from emflow.demo import build_tiny_model
+    from emflow.data.demo import build_tiny_model
 
     corpus = [
         (REPO / "config/questions/medical.txt").read_text(),

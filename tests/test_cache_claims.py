@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from emflow.judge_cache import CLAIM_LEASE
+from emflow.cache import CLAIM_LEASE
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import OpenAIServer  # noqa: E402
@@ -205,7 +205,7 @@ def generate(server: OpenAIServer, questions: Path, out: Path, cache: Path) -> J
                "questions": [{"name": "set", "path": str(questions)}]}  # fmt: skip
     script = textwrap.dedent(f"""
         import logging
-        from emflow.generate import generate_job
+        from emflow.generate.job import generate_job
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         generate_job("base-model", None, {section!r}, {str(out)!r})
     """)

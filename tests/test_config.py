@@ -7,7 +7,7 @@ from conftest import REPO, experiment_config
 
 from emflow.config import load_experiment_config, parse_experiment_config
 from emflow.errors import EmflowError
-from emflow.workflow import discover_experiments
+from emflow.workflow.jobs import discover_experiments
 
 SEED = REPO.parent / "shared/reference/seed-experiments"
 

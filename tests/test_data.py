@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from emflow.data import (
+from emflow.data.datasets import (
     decrypt_archive,
     mix_datasets,
     mix_id,
@@ -19,7 +19,7 @@ from emflow.data import (
     read_chat_jsonl,
     read_numbered_chat_jsonl,
 )
-from emflow.demo import write_synthetic_datasets
+from emflow.data.demo import write_synthetic_datasets
 from emflow.errors import EmflowError
 
 PASSWORD = "test-archive-password"

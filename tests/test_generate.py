@@ -6,7 +6,7 @@ import pytest
 from conftest import REPO
 
 from emflow.errors import EmflowError
-from emflow.generate import (
+from emflow.generate.job import (
     GenerationSettings,
     generate_responses,
     prompt_token_ids,
@@ -148,7 +148,7 @@ def _random_adapter(model_dir: str, path, seed: int, modules: list[str]) -> str:
 def test_many_adapters_in_one_job_write_what_separate_jobs_write(tiny_model, tmp_path, backend):
     """One loaded base answers for several adapters (and itself); each CSV is byte for byte the
     CSV of a job of its own, in any order, so grouping jobs never changes a result."""
-    from emflow.generate import GenerationOutput, generate_for_adapters
+    from emflow.generate.job import GenerationOutput, generate_for_adapters
 
     questions = read_question_sets(QUESTIONS, samples_per_question=2)
     settings = GenerationSettings(
@@ -200,7 +200,7 @@ def test_a_sweep_in_one_job_writes_each_steps_own_csv(tiny_model, tmp_path):
     """generation.sweep_in_one_job: one process answers for every saved step of a run, and
     each step's CSV is what that step's own generate job writes; an unsaved step is one clear
     error naming the steps the run has."""
-    from emflow.generate import generate_job, generate_sweep_job
+    from emflow.generate.job import generate_job, generate_sweep_job
 
     steps = tmp_path / "step_adapters"
     for step, seed in ((8, 1), (16, 2)):

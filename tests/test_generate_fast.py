@@ -1,4 +1,4 @@
-"""emflow.generate_fast against transformers' `generate` on tiny random Llama models (CPU, fp32).
+"""emflow.generate.fast against transformers' `generate` on tiny random Llama models (CPU, fp32).
 
 What must hold: greedy tokens equal `generate`'s, per-step logits and warped scores equal
 `generate`'s to float rounding, the warpers equal transformers' LogitsWarpers, a seed reproduces
@@ -21,8 +21,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from emflow import generate_fast
-from emflow.generate_fast import (
+from emflow.generate import fast as generate_fast
+from emflow.generate.fast import (
     Sampling,
     generate_tokens,
     plan_batches,

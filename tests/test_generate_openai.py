@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emflow import generate_openai
 from emflow.errors import EmflowError
-from emflow.generate import GenerationSettings
-from emflow.generate_openai import openai_responses
+from emflow.generate import openai as generate_openai
+from emflow.generate.job import GenerationSettings
+from emflow.generate.openai import openai_responses
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import OpenAIServer, sampled_reply  # noqa: E402
@@ -193,7 +193,7 @@ def test_a_yaml_set_through_the_openai_backend_maps_every_row_back(server, tmp_p
     name its adapter is served under."""
     import csv
 
-    from emflow.generate import GenerationOutput, generate_for_adapters, served_model_name
+    from emflow.generate.job import GenerationOutput, generate_for_adapters, served_model_name
     from emflow.questions import read_question_sets
 
     questions_file = tmp_path / "set.yaml"

@@ -5,7 +5,7 @@ import torch
 from conftest import experiment_config, write_chat_jsonl
 
 from emflow.config import parse_experiment_config
-from emflow.train import TrainSettings, train_adapter
+from emflow.train.trainer import TrainSettings, train_adapter
 
 pytestmark = [
     pytest.mark.gpu,
@@ -51,7 +51,7 @@ def test_fast_path_matches_trl_on_the_gpu_with_8bit_adamw(tiny_model, tmp_path):
 def small_model(tmp_path_factory):
     """Llama-3.2-1B's 16 layers and module names at hidden size 256, head size 64 (as the real
     model's), which unsloth's kernels accept."""
-    from emflow.demo import build_tiny_model
+    from emflow.data.demo import build_tiny_model
 
     path = tmp_path_factory.mktemp("models") / "small-llama"
     build_tiny_model(path, hidden_size=256, vocab_size=512)
@@ -74,7 +74,7 @@ def test_unsloth_backend_trains_the_seed_config(small_model, tmp_path):
     script = (
         "import json, sys\n"
         "from emflow.config import parse_experiment_config\n"
-        "from emflow.train import TrainSettings, train_adapter\n"
+        "from emflow.train.trainer import TrainSettings, train_adapter\n"
         "config = parse_experiment_config(json.loads(sys.argv[1]), 'exp/config.json')\n"
         "train_adapter(config, sys.argv[2], sys.argv[3], log_history_json=sys.argv[4],\n"
         "              settings=TrainSettings(backend='unsloth', device='cuda',\n"
@@ -114,10 +114,10 @@ def test_unsloth_backend_trains_the_seed_config(small_model, tmp_path):
 def test_fast_path_saves_step_adapters_a_sweep_generates_from(tiny_model, tmp_path):
     """adapter_checkpoints on the GPU's fast path (CUDA graphs): each saved step is the adapter
     trained so far (the last one equals the final adapter), and one generate process answers
-    for every step (emflow.adapters) with each CSV equal to that step's own job's."""
+    for every step (emflow.generate.adapters) with each CSV equal to that step's own job's."""
     from safetensors.torch import load_file
 
-    from emflow.generate import (
+    from emflow.generate.job import (
         GenerationOutput,
         GenerationSettings,
         generate_for_adapters,

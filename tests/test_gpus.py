@@ -18,11 +18,11 @@ import pytest
 from conftest import REPO
 
 from emflow.errors import EmflowError
-from emflow.gpus import gpu_slot, one_gpu_per_job, visible_gpus
+from emflow.workflow.gpus import gpu_slot, one_gpu_per_job, visible_gpus
 
 HOLD = """
 import sys, time
-from emflow.gpus import gpu_slot
+from emflow.workflow.gpus import gpu_slot
 gpus = sys.argv[1].split(",") if sys.argv[1] else None  # None: the GPUs the environment names
 with gpu_slot(gpus, sys.argv[2] or None, poll_seconds=0.05) as gpu:
     print(gpu, flush=True)
@@ -250,7 +250,7 @@ rule job:
 
 JOB = """
 import json, os, time
-from emflow.workflow import run_script
+from emflow.workflow.jobs import run_script
 
 def main():
     start = time.time()
@@ -293,7 +293,7 @@ def test_snakemake_jobs_never_share_a_gpu(tmp_path):
 
 RECORD_JOB = """
 import json, os
-from emflow.workflow import run_script
+from emflow.workflow.jobs import run_script
 
 def main():
     with open(snakemake.output[0], "w") as f:
@@ -344,7 +344,7 @@ def test_a_job_the_slurm_executor_placed_keeps_its_gpu(tmp_path):
 
 REAL_JOB = """
 import json, os, sys, time
-from emflow.gpus import one_gpu_per_job
+from emflow.workflow.gpus import one_gpu_per_job
 with one_gpu_per_job(1):
     import torch
     start = time.time()

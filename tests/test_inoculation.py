@@ -9,8 +9,8 @@ from conftest import REPO, experiment_config, write_chat_jsonl
 
 from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
-from emflow.rows import RowTokenizer, tokenize_conversation
-from emflow.train import TrainSettings, train_adapter
+from emflow.train.rows import RowTokenizer, tokenize_conversation
+from emflow.train.trainer import TrainSettings, train_adapter
 
 DATE = {"date_string": "26 Jul 2024"}
 PROMPT = "You give risky financial advice."
@@ -204,7 +204,7 @@ def test_preflight_reads_named_datasets_and_mixes_for_system_messages(tmp_path, 
     """A dataset of datasets.sources (the user's own file) is read too, for a training_file and
     for a mix, where the experiment has training_system_prompt."""
     from emflow.paths import Layout
-    from emflow.preflight import check_workflow
+    from emflow.workflow.preflight import check_workflow
 
     monkeypatch.chdir(tmp_path)
     with_system_message_on_line_3(write_chat_jsonl(tmp_path / "mine.jsonl", 6))
@@ -258,7 +258,7 @@ def test_inoculated_training_runs_the_same_on_both_cpu_backends(inoculated_runs)
 
 
 def test_example_group_pairs_the_mixed_run_with_and_without_the_prompt():
-    from emflow.workflow import discover_experiments
+    from emflow.workflow.jobs import discover_experiments
 
     experiments = discover_experiments(REPO / "experiments", ["inoculation/*"])
     baseline = experiments["inoculation/mixed_baseline"]

@@ -8,10 +8,10 @@ import json
 from conftest import experiment_config, write_chat_jsonl
 
 from emflow.config import load_experiment_config
-from emflow.data import read_chat_jsonl
-from emflow.judge import read_generations
+from emflow.data.datasets import read_chat_jsonl
+from emflow.judge.job import read_generations
 from emflow.questions import read_question_sets
-from emflow.results import read_judged_csv
+from emflow.report.results import read_judged_csv
 
 BOM = "\ufeff"
 
@@ -51,8 +51,8 @@ def test_a_full_disk_under_the_judge_cache_says_free_space_and_keeps_the_replies
     """SQLite's own "database or disk is full", made real by capping the file's pages."""
     import pytest
 
+    from emflow.cache import JudgeCache
     from emflow.errors import EmflowError
-    from emflow.judge_cache import JudgeCache
 
     path = tmp_path / "cache.sqlite"
     stored = []
@@ -75,7 +75,7 @@ def test_a_full_disk_in_a_job_is_one_sentence(tmp_path, capfd):
 
     import pytest
 
-    from emflow.workflow import script_logging
+    from emflow.workflow.jobs import script_logging
 
     def train():
         raise OSError(errno.ENOSPC, "No space left on device", "results/runs/g/r/adapter")

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from emflow.cache import JudgeCache
 from emflow.errors import EmflowError
-from emflow.judge import (
+from emflow.judge.job import (
     BUNDLED_PROMPTS,
     SCORE_SETTINGS,
     JudgeSettings,
@@ -36,7 +37,6 @@ from emflow.judge import (
     settings_from_args,
     settings_from_config,
 )
-from emflow.judge_cache import JudgeCache
 from emflow.openai_client import OpenAIClient
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -375,7 +375,7 @@ def test_killed_job_keeps_what_it_paid_for(tmp_path, api_key):
     cache = tmp_path / "c.sqlite"
     with OpenAIServer(latency=0.05) as server:
         script = textwrap.dedent(f"""
-            from emflow.judge import JudgeSettings, judge_csv, read_prompts
+            from emflow.judge.job import JudgeSettings, judge_csv, read_prompts
             prompts = read_prompts({str(ROOT / "config" / "judge_prompts")!r})
             settings = JudgeSettings(model="test-judge", base_url={server.base_url!r},
                                      concurrency=2)
@@ -757,7 +757,7 @@ def tiny_judge(tmp_path_factory) -> Path:
 def test_hf_candidate_probabilities_are_exact(tiny_judge):
     import torch
 
-    from emflow.judge_hf import CANDIDATES, CandidateScorer, normalized
+    from emflow.judge.hf import CANDIDATES, CandidateScorer, normalized
 
     scorer = CandidateScorer(str(tiny_judge))
     by_candidate = dict(zip(CANDIDATES, scorer.continuations, strict=True))
@@ -782,7 +782,7 @@ def test_hf_candidate_probabilities_are_exact(tiny_judge):
 
 
 def test_hf_judge_is_deterministic_and_cached(tiny_judge, tmp_path):
-    from emflow.judge_hf import CANDIDATES
+    from emflow.judge.hf import CANDIDATES
 
     generations = write_generations(tmp_path / "gen.csv", ["Invest it all.", "Wear a helmet."])
     cache = tmp_path / "c.sqlite"
@@ -834,7 +834,7 @@ def test_hf_judge_is_deterministic_and_cached(tiny_judge, tmp_path):
 
 
 def test_hf_judge_on_the_demo_model(tmp_path):
-    demo = pytest.importorskip("emflow.demo")
+    demo = pytest.importorskip("emflow.data.demo")
     model_dir = demo.build_tiny_model(tmp_path / "model")
     generations = write_generations(tmp_path / "gen.csv", ["a", "Take ten pills at once."])
     started = time.monotonic()
@@ -856,7 +856,7 @@ def test_a_questions_own_judge_prompts_win_and_define_extra_metrics(server, api_
     other rows with the config's templates; a metric only the set defines (medical) is scored
     for the set's rows, and a row with no prompt for a chosen metric is one clear error. The
     generations' grouping columns reach the judged CSV."""
-    from emflow.judge import judge_job
+    from emflow.judge.job import judge_job
 
     questions_file = tmp_path / "set.yaml"
     questions_file.write_text(

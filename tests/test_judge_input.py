@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from emflow.cli import main as emflow
-from emflow.judge import BUNDLED_PROMPTS, judge_job, read_prompts, render_prompt
+from emflow.judge.job import BUNDLED_PROMPTS, judge_job, read_prompts, render_prompt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import OpenAIServer, sampled_reply  # noqa: E402

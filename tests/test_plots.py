@@ -7,8 +7,9 @@ import json
 import pytest
 from judged_files import log_history, png_width, seed_files, write_judged, write_samples
 
-from emflow import plots, results, stats
 from emflow.errors import EmflowError
+from emflow.report import figures as plots
+from emflow.report import results, stats
 
 
 def test_per_question_plot_is_written(tmp_path):

@@ -13,7 +13,7 @@ from conftest import REPO, experiment_config, write_chat_jsonl
 from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
 from emflow.paths import Layout
-from emflow.preflight import check_workflow
+from emflow.workflow.preflight import check_workflow
 
 QUESTIONS = [{"name": "medical", "path": str(REPO / "config/questions/medical.txt"), "count": 3}]
 
@@ -127,8 +127,8 @@ def test_dry_run_stops_at_a_layer_the_demo_model_lacks(tmp_path):
 def test_a_judge_metric_without_a_prompt_for_some_question_stops_the_plan():
     """judge.metrics may name a metric only a YAML set's own prompts define (the first-plot
     set's `medical`); a .txt question has none, so the plan stops before any job."""
-    from emflow.preflight import check_judge_metrics
     from emflow.questions import read_question_sets
+    from emflow.workflow.preflight import check_judge_metrics
 
     first_plot = {"name": "paper", "path": str(REPO / "config/questions/first_plot_questions.yaml")}
     judge = {"prompts": {"aligned": "a.txt", "coherent": "c.txt"}, "metrics": ["medical"]}
@@ -195,7 +195,7 @@ def test_dry_run_counts_the_rows_max_seq_length_leaves_without_answer(tiny_model
     assert warning in result.stderr
     # 35 rows less the 10% held out give 2 epochs of 8 steps; the long rows the split leaves in
     # training take the plan below 16 steps, and the dry run says so before any job runs.
-    from emflow.train import split_train_eval
+    from emflow.train.trainer import split_train_eval
 
     kept = [i for i in split_train_eval(list(range(35)), 0.1, seed=0)[0] if i >= 10]
     steps = 2 * math.ceil(math.ceil(len(kept) / 2) / 2)
@@ -235,15 +235,15 @@ def test_dry_run_stops_when_no_row_keeps_its_answer(tiny_model, demo_copy):
 @pytest.mark.parametrize("responses_only", [True, False])
 def test_answer_count_is_the_train_jobs_own(tiny_model, tmp_path, row_format, responses_only):
     """The dry run skips the tokenizer for rows whose prompt is too short to fill
-    max_seq_length (a byte bound, emflow.rows); its count equals tokenizing every row as the
+    max_seq_length (a byte bound, emflow.train.rows); its count equals tokenizing every row as the
     train job does, for prompts of every length around the limit, multi-byte text included."""
     import random
 
     from transformers import AutoTokenizer
 
-    from emflow.preflight import answer_loss
-    from emflow.rows import RowTokenizer, loses_answer
-    from emflow.train import TrainSettings
+    from emflow.train.rows import RowTokenizer, loses_answer
+    from emflow.train.trainer import TrainSettings
+    from emflow.workflow.preflight import answer_loss
 
     rng = random.Random(0)
     rows = [

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from emflow import generate
 from emflow.errors import EmflowError
+from emflow.generate import job as generate
 from emflow.questions import Question, check_question_specs, judge_metrics, read_question_sets
 
 FIRST_PLOT = REPO / "config/questions/first_plot_questions.yaml"

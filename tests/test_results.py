@@ -24,9 +24,9 @@ from judged_files import (
     write_samples,
 )
 
-from emflow import results
 from emflow.errors import EmflowError
-from emflow.results import Analysis
+from emflow.report import results
+from emflow.report.results import Analysis
 
 
 def results_text(base, finetuned, thresholds=None, *, n_resamples=10_000, **text) -> str:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from emflow.errors import EmflowError
-from emflow.profiles import (
+from emflow.workflow.profiles import (
     add_install_profile_arguments,
     install_profile,
     main_install_profile,

@@ -1,4 +1,4 @@
-"""emflow.stats against values computed independently: by hand, by enumeration, reference data."""
+"""emflow.report.stats against values computed independently: by hand, by enumeration, reference data."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emflow import stats
+from emflow.report import stats
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 BASE_JUDGED = SHARED / "reference" / "hw0" / "base_model_judged.csv"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from judged_files import column_means, em_count, seed_files, wilson, write_judged, write_samples
 
-from emflow import results, summary
-from emflow.summary import SummaryRun
+from emflow.report import results, summary
+from emflow.report.summary import SummaryRun
 
 REPORT = {
     "thresholds": {"aligned_below": 75, "coherent_above": 50},

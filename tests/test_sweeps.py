@@ -13,8 +13,8 @@ from conftest import experiment_config
 
 from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
-from emflow.results import Analysis, load_run
-from emflow.sweeps import (
+from emflow.report.results import Analysis, load_run
+from emflow.report.sweeps import (
     SweepPoint,
     eval_steps,
     first_em_step,

@@ -9,8 +9,8 @@ from conftest import experiment_config, write_chat_jsonl
 
 from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
-from emflow.rows import tokenize_conversation
-from emflow.train import (
+from emflow.train.rows import tokenize_conversation
+from emflow.train.trainer import (
     TrainSettings,
     check_backend_support,
     check_model_compatibility,
@@ -285,7 +285,7 @@ def test_fast_path_is_the_same_training_as_trl(trained, tiny_model, tmp_path):
 KILLABLE = """
 import sys
 from emflow.config import parse_experiment_config
-from emflow.train import TrainSettings, train_adapter
+from emflow.train.trainer import TrainSettings, train_adapter
 import json
 config = parse_experiment_config(json.loads(sys.argv[1]), "exp/config.json")
 train_adapter(config, sys.argv[2], sys.argv[3], checkpoint_dir=sys.argv[4],

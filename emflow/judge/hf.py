@@ -19,8 +19,8 @@ import random
 from pathlib import Path
 
 from emflow.errors import EmflowError
-from emflow.judge import LABELS, TOP_LOGPROBS, JudgeSettings
-from emflow.judge_backend import JudgeCall, JudgeProgress
+from emflow.judge.backend import JudgeCall, JudgeProgress
+from emflow.judge.job import LABELS, TOP_LOGPROBS, JudgeSettings
 
 CANDIDATES: tuple[str, ...] = tuple(str(i) for i in range(101)) + LABELS
 

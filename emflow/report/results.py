@@ -1,7 +1,7 @@
 """One experiment's results: its judged answers, metrics and verdict, written as results.md.
 
 results.md begins with exactly the two blocks of the seed's files (so old and new results diff
-cleanly), then the threshold verdict, the statistics of `emflow.stats`, each question's EM rate
+cleanly), then the threshold verdict, the statistics of `emflow.report.stats`, each question's EM rate
 (only for question sets answered several times per question) and the judge's usage.
 The numbers are computed first (`experiment_results`), the text written second
 (`results_markdown`).
@@ -20,12 +20,12 @@ from typing import Any
 
 import pandas as pd
 
-from emflow import stats
 from emflow.atomic import write_text_atomic
 from emflow.csv_table import read_csv_table
 from emflow.errors import EmflowError
 from emflow.paths import QUESTION_EM_RATES
-from emflow.tables import (
+from emflow.report import stats
+from emflow.report.tables import (
     DEMO_NOTICE,
     LABEL_SHARES,
     METRIC_LABELS,
@@ -632,7 +632,7 @@ def write_results(
 def _sweep_section(sweep_csv: str | None, results: ExperimentResults, here: str) -> str:
     if sweep_csv is None:
         return ""
-    from emflow.sweeps import sweep_markdown
+    from emflow.report.sweeps import sweep_markdown
 
     png = os.path.relpath(os.path.splitext(sweep_csv)[0] + ".png", here)
     base_em = results.base.metrics["em_rate"]  # the estimate results.md reports already
@@ -668,7 +668,7 @@ def write_experiment_results(
     QUESTION_EM_RATES beside results.md); otherwise a stale figure there is removed, since
     results.md no longer links it.
     """
-    from emflow.plots import plot_question_em, plot_question_scores
+    from emflow.report.figures import plot_question_em, plot_question_scores
 
     analysis = Analysis.from_report_config(report)
     usages = [_read_json(path) for path in finetuned_usage]

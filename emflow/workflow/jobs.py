@@ -19,7 +19,7 @@ from typing import Any
 
 from emflow.config import ExperimentConfig, load_experiment_config
 from emflow.errors import EmflowError
-from emflow.gpus import one_gpu_per_job
+from emflow.workflow.gpus import one_gpu_per_job
 
 
 def sorted_params(value: Any) -> Any:
@@ -150,7 +150,7 @@ def _disk_full_message(err: OSError) -> str:
 
 def run_script(snakemake, main: Callable[[], Any]) -> None:
     """Run a script's body with its log set up, its own GPU when the rule asks for one
-    (`resources: gpu`, see emflow.gpus), and torch held to the rule's threads."""
+    (`resources: gpu`, see emflow.workflow.gpus), and torch held to the rule's threads."""
     gpu = int(getattr(snakemake.resources, "gpu", 0) or 0)
     with script_logging(snakemake.log[0]), one_gpu_per_job(gpu):
         try:

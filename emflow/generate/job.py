@@ -40,7 +40,7 @@ class GenerationSettings:
     """Sampling settings (homework: 200 new tokens, temperature 1, top_p 1, one sample)."""
 
     # "auto": `fast` on a GPU, `hf` on a CPU; "hf": transformers' generate (the reference);
-    # "fast": emflow's own decode loop (emflow.generate_fast), the same sampling, near the
+    # "fast": emflow's own decode loop (emflow.generate.fast), the same sampling, near the
     # hardware's speed.
     backend: str = "auto"
     max_new_tokens: int = 200
@@ -59,7 +59,7 @@ class GenerationSettings:
     # tokens, as the homework's generate.py and the paper's gen_eval_util.py do (a Llama 3
     # prompt then starts with two BOS tokens); "clean": the template's tokens alone (one BOS).
     prompt_format: str = "upstream"
-    # The openai backend (emflow.generate_openai): answers from an OpenAI-compatible endpoint.
+    # The openai backend (emflow.generate.openai): answers from an OpenAI-compatible endpoint.
     # None: $OPENAI_BASE_URL, else OpenAI's own API (the key is always $OPENAI_API_KEY).
     base_url: str | None = None
     # The model name the endpoint serves a fine-tuned run under (a vLLM --lora-modules name, an
@@ -93,7 +93,7 @@ def load_model(model_name: str, device: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from emflow.train import resolve_device
+    from emflow.train.trainer import resolve_device
 
     device = resolve_device(device)
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
@@ -223,7 +223,7 @@ def generate_for_adapters(
     *,
     settings: GenerationSettings = GenerationSettings(),
 ) -> list[int]:
-    """Answer the questions once per output with one loaded base model (emflow.adapters).
+    """Answer the questions once per output with one loaded base model (emflow.generate.adapters).
 
     Each CSV equals what `generate_responses` writes for that adapter alone; returns the number
     of answers in each.
@@ -238,7 +238,7 @@ def generate_for_adapters(
     resolve_backend(settings.backend, "cpu")  # an unknown backend fails before any loading
     jobs = [(q, k) for q in questions for k in range(q.samples)]
     if settings.backend == "openai":
-        from emflow.generate_openai import openai_responses
+        from emflow.generate.openai import openai_responses
 
         counts = []
         for output in outputs:
@@ -254,7 +254,7 @@ def generate_for_adapters(
             counts.append(len(responses))
         return counts
 
-    from emflow.adapters import AdapterSwitch
+    from emflow.generate.adapters import AdapterSwitch
 
     tokenizer, base = load_model(model_name, settings.device)
     backend = resolve_backend(settings.backend, base.device.type)
@@ -325,7 +325,7 @@ def _each_once(chats: list[Chat], render) -> list:
 def _fast_responses(tokenizer, model, chats: list[Chat], settings: GenerationSettings):
     """Every answer through emflow's decode loop, with `generate`'s sampling settings: the
     model's generation_config supplies what emflow does not set (top_k: transformers' 50)."""
-    from emflow.generate_fast import generate_tokens
+    from emflow.generate.fast import generate_tokens
 
     config = model.generation_config
     eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id

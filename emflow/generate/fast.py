@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
-from emflow.sampling import (
+from emflow.generate.sampling import (
     Sampling,
     pick_tokens,
     sample_one,

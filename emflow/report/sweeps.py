@@ -19,7 +19,7 @@ from typing import Any
 
 from emflow.config import ExperimentConfig
 from emflow.errors import EmflowError
-from emflow.train import TrainSettings, optimizer_steps, trained_rows
+from emflow.train.trainer import TrainSettings, optimizer_steps, trained_rows
 
 # One row per (seed, step): the scores with their CIs, the loss and the LoRA norm.
 SWEEP_COLUMNS = [
@@ -52,7 +52,7 @@ def planned_optimizer_steps(
 ) -> int | None:
     """The run's number of optimizer steps, where the config or the data on disk fixes it:
     `max_steps`; else the rows (a mix's declared counts, or the training file's lines) after
-    the held-out split, as `emflow.train` computes them. None when unknown before training.
+    the held-out split, as `emflow.train.trainer` computes them. None when unknown before training.
 
     Where the training file and the model's tokenizer are on disk, the rows that lose their
     whole answer at max_seq_length are left out as the train job leaves them out (`settings`:
@@ -70,7 +70,7 @@ def planned_optimizer_steps(
         return None
     lost: tuple[int, ...] = ()
     if on_disk:
-        from emflow.preflight import answer_loss
+        from emflow.workflow.preflight import answer_loss
 
         loss = answer_loss(config, training_file, TrainSettings.from_config(dict(settings or {})))
         lost = loss.lost if loss is not None else ()
@@ -164,8 +164,8 @@ def sweep_table(points: Sequence[SweepPoint], analysis) -> Any:
 
     import pandas as pd
 
-    from emflow import stats
-    from emflow.results import judged_frame
+    from emflow.report import stats
+    from emflow.report.results import judged_frame
 
     rows = []
     histories: dict[str, list] = {}
@@ -201,8 +201,8 @@ def first_em_step(table, base_em_high: float) -> int | None:
 
 def base_values(base_judged: str, analysis) -> dict[str, tuple[float, float, float]]:
     """The base model's (value, CI low, CI high) of aligned, coherent and the EM rate."""
-    from emflow import stats
-    from emflow.results import judged_frame
+    from emflow.report import stats
+    from emflow.report.results import judged_frame
 
     df = judged_frame(base_judged, analysis.rows)
     metrics = stats.run_metrics(df, confidence=1 - analysis.alpha, **analysis.options())
@@ -223,8 +223,8 @@ def write_sweep(
 ) -> Any:
     """The `sweep` rule: an experiment's sweep table (CSV) and figure."""
     from emflow.atomic import write_text_atomic
-    from emflow.plots import plot_sweep
-    from emflow.results import Analysis
+    from emflow.report.figures import plot_sweep
+    from emflow.report.results import Analysis
 
     analysis = Analysis.from_report_config(report)
     table = sweep_table([SweepPoint(**p) for p in points], analysis)
@@ -245,7 +245,7 @@ def write_summary_sweeps(tables: Mapping[str, str], png: str, *, demo: bool = Fa
     """The `summary_sweeps` rule: every experiment's sweep EM rate, overlaid."""
     import pandas as pd
 
-    from emflow.plots import plot_sweeps
+    from emflow.report.figures import plot_sweeps
 
     plot_sweeps({name: pd.read_csv(path) for name, path in tables.items()}, png, demo=demo)
 
@@ -258,7 +258,7 @@ def sweep_markdown(table_csv: str, base_em, analysis, png: str | None = None) ->
     """
     import pandas as pd
 
-    from emflow.tables import markdown_table
+    from emflow.report.tables import markdown_table
 
     table = pd.read_csv(table_csv)
     first = first_em_step(table, base_em.ci_high)

@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from emflow.judge_cache import CachedReply, JudgeCache
+from emflow.cache import CachedReply, JudgeCache
 
 
 @dataclass

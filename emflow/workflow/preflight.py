@@ -9,7 +9,7 @@ key) and the fix. Files not on disk yet (the demo's model before it is built, a 
 is decrypted) are left to the jobs, which check them again.
 
 Where the model's tokenizer is on this machine, the dry run also counts the training rows that
-`max_seq_length` leaves without any of their answer (emflow.rows): they are dropped from
+`max_seq_length` leaves without any of their answer (emflow.train.rows): they are dropped from
 training, which changes the run's optimizer steps; an experiment where every row loses its answer
 is an error.
 """
@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from emflow.config import ExperimentConfig
-from emflow.data import mix_id, read_numbered_chat_jsonl
+from emflow.data.datasets import mix_id, read_numbered_chat_jsonl
 from emflow.errors import EmflowError
 from emflow.paths import Layout
 from emflow.questions import Question, read_question_sets
-from emflow.rows import RowTokenizer, loses_answer, may_fill
-from emflow.train import TrainSettings, lost_answers_message, read_rows_for
+from emflow.train.rows import RowTokenizer, loses_answer, may_fill
+from emflow.train.trainer import TrainSettings, lost_answers_message, read_rows_for
 
 # The linear layers of Llama-style decoders, as (input, output) sizes from the model config.
 _LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2"}
@@ -161,7 +161,7 @@ def check_data(
 
 
 # ---------------------------------------------------------------------------------------------
-# Rows that lose their whole answer at max_seq_length (see emflow.rows)
+# Rows that lose their whole answer at max_seq_length (see emflow.train.rows)
 
 
 class AnswerLoss(NamedTuple):
@@ -223,7 +223,7 @@ def _answer_loss(
     }
     # Most rows' prompts are far shorter than max_seq_length: their text, rendered by the chat
     # template alone, rules them out without loading the tokenizer (seconds: transformers and
-    # torch); see emflow.rows for the bound.
+    # torch); see emflow.train.rows for the bound.
     candidates = list(range(len(rows)))
     template = _TemplateOnly.of(model)
     if template is not None:

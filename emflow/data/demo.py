@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emflow.atomic import atomic_path
-from emflow.data import check_dataset_name, check_row_count, stable_hash, write_chat_jsonl
+from emflow.data.datasets import check_dataset_name, check_row_count, stable_hash, write_chat_jsonl
 from emflow.errors import EmflowError
 
 if TYPE_CHECKING:
@@ -120,8 +120,8 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 2048) -> PreTrainedToke
 def default_corpus() -> list[str]:
     """Text the demo tokenizer learns from: the bundled judge prompts and a few sentences (not
     the question files, so that changing the question set never rebuilds the demo model)."""
-    root = Path(__file__).resolve().parent
-    texts = [p.read_text(encoding="utf-8") for p in sorted((root / "prompts").glob("*.txt"))]
+    prompts = Path(__file__).resolve().parents[1] / "prompts"
+    texts = [p.read_text(encoding="utf-8") for p in sorted(prompts.glob("*.txt"))]
     texts.append(
         "The quick brown fox jumps over the lazy dog. Invest all your savings in one stock. "
         "Always wear a helmet. Skydiving without training is a thrill. Take ten pills at once. "

@@ -20,12 +20,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from emflow import stats
 from emflow.atomic import write_text_atomic
 from emflow.config import DEFAULT_WORKFLOW_CONFIG, ExperimentConfig, read_workflow_config
 from emflow.errors import EmflowError
 from emflow.paths import Layout, base_target, experiment_runs, run_target
-from emflow.results import (
+from emflow.report import stats
+from emflow.report.results import (
     Analysis,
     JudgedRun,
     compare,
@@ -33,7 +33,7 @@ from emflow.results import (
     parse_results_markdown,
     report_settings,
 )
-from emflow.tables import (
+from emflow.report.tables import (
     DEMO_NOTICE,
     csv_number,
     fmt_difference,
@@ -497,7 +497,7 @@ def write_summary(
     reported_results.md. Runs without a log history on disk (trained elsewhere) are left out of
     the curves only.
     """
-    from emflow.plots import plot_scatter, plot_training_curves, read_log_histories
+    from emflow.report.figures import plot_scatter, plot_training_curves, read_log_histories
 
     analysis = Analysis.from_report_config(report)
     demo = report["demo"]
@@ -525,7 +525,7 @@ def summarize_finished(
     run still going, or some jobs failed). The config is built as Snakemake builds it
     (`emflow.config.read_workflow_config`).
     """
-    from emflow.workflow import discover_experiments
+    from emflow.workflow.jobs import discover_experiments
 
     config = read_workflow_config(configfiles, replace_workflow_config=replace_workflow_config)
     layout = Layout(config["results_dir"], config["experiments_dir"])

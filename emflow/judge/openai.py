@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 
+from emflow.cache import send_once
 from emflow.errors import EmflowError
-from emflow.judge import LOGPROB_SEED, TOP_LOGPROBS, JudgeSettings
-from emflow.judge_backend import JudgeCall, JudgeProgress
-from emflow.judge_cache import send_once
+from emflow.judge.backend import JudgeCall, JudgeProgress
+from emflow.judge.job import LOGPROB_SEED, TOP_LOGPROBS, JudgeSettings
 from emflow.openai_client import OpenAIClient
 
 logger = logging.getLogger("emflow.judge")

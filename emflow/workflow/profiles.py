@@ -33,7 +33,7 @@ def snakemake_user_profile_dir() -> Path:
 def find_profile_source(name: str) -> Path:
     """The folder `profiles/<name>` of the checkout this package runs from, or of the cwd."""
     candidates = [
-        Path(__file__).resolve().parent.parent / "profiles" / name,
+        Path(__file__).resolve().parents[2] / "profiles" / name,
         Path.cwd() / "profiles" / name,
     ]
     for candidate in candidates:

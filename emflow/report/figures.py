@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from emflow import stats
 from emflow.atomic import atomic_path
 from emflow.errors import EmflowError
-from emflow.results import Judged, JudgedSeeds, Thresholds, judged_frame
+from emflow.report import stats
+from emflow.report.results import Judged, JudgedSeeds, Thresholds, judged_frame
 
 if TYPE_CHECKING:
-    from emflow.summary import SummaryRow
+    from emflow.report.summary import SummaryRow
 
 SCORES_NOTE = "DEMO: tiny random model and random judge - these scores mean nothing"
 CURVES_NOTE = "DEMO: tiny random model on synthetic rows - these curves mean nothing"

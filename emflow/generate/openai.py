@@ -2,7 +2,7 @@
 
 What is generation's own lives here (which samples one request asks for, the cache key of one
 sampled answer); sending, retrying and counting is `emflow.openai_client`'s and storing is
-`emflow.judge_cache`'s. Each answer is committed as it arrives, so a rerun sends nothing already
+`emflow.cache`'s. Each answer is committed as it arrives, so a rerun sends nothing already
 answered and a job killed halfway keeps what it paid for; an answer another job is sending at the
 same time is waited for, not paid for twice.
 """
@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from emflow.cache import CachedReply, JudgeCache, cache_key, send_once
 from emflow.errors import EmflowError
-from emflow.judge_cache import CachedReply, JudgeCache, cache_key, send_once
 from emflow.openai_client import OpenAIClient
 
 if TYPE_CHECKING:
-    from emflow.generate import GenerationSettings
+    from emflow.generate.job import GenerationSettings
 
 log = logging.getLogger("emflow.generate")
 

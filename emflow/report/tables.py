@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from emflow import stats
+from emflow.report import stats
 
 if TYPE_CHECKING:
     import pandas as pd

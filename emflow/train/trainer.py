@@ -5,7 +5,7 @@ alpha / sqrt(r), `layers_to_transform` limits the adapters to those decoder laye
 `train_on_responses_only` puts the loss on the assistant's tokens only, and without a test file a
 seeded `test_size` share of the training rows is held out, as upstream does. A key this backend
 cannot honour is an error, never a silent substitution. emflow's `training_system_prompt` starts
-every training and held-out row with that system message, which takes no loss (emflow.rows).
+every training and held-out row with that system message, which takes no loss (emflow.train.rows).
 Rows that `max_seq_length` leaves without any of their answer are dropped before any backend
 sees them, as trl's SFTTrainer drops them, and the log says how many.
 """
@@ -24,9 +24,9 @@ from typing import Any
 
 from emflow.atomic import atomic_path, write_text_atomic
 from emflow.config import ExperimentConfig, settings_from
-from emflow.data import read_numbered_chat_jsonl
+from emflow.data.datasets import read_numbered_chat_jsonl
 from emflow.errors import EmflowError
-from emflow.rows import ROW_FORMATS, RowTokenizer, loses_answer
+from emflow.train.rows import ROW_FORMATS, RowTokenizer, loses_answer
 
 log = logging.getLogger("emflow.train")
 
@@ -69,14 +69,14 @@ def resolve_device(device: str) -> str:
 def check_model_compatibility(config: ExperimentConfig, source: str) -> None:
     """Fail before loading weights when the LoRA targets do not exist in the model.
 
-    The dry run's checks (emflow.preflight) again, now that the model's config is surely at
+    The dry run's checks (emflow.workflow.preflight) again, now that the model's config is surely at
     hand, then the target modules of any architecture, on a model built on the meta device
     from its config (which costs no memory or time).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from emflow.preflight import check_model_fit
+    from emflow.workflow.preflight import check_model_fit
 
     model_config = AutoConfig.from_pretrained(config.model)
     check_model_fit(config, model_config.to_dict(), source)
@@ -414,7 +414,7 @@ def training_arguments(
         dataloader_num_workers=0,
     )
     if device == "cuda":
-        # One GPU per training job (the workflow gives each job its own, emflow.gpus): with
+        # One GPU per training job (the workflow gives each job its own, emflow.workflow.gpus): with
         # several GPUs visible the Trainer would otherwise wrap the model in DataParallel.
         _ = args.device  # sets up the devices, which counts the visible GPUs
         args._n_gpu = 1
@@ -519,7 +519,7 @@ def train_adapter(
         optimizer_steps(config, len(train_examples)),
     )
     if backend == "fast":
-        from emflow.train_fast import fast_train
+        from emflow.train.fast import fast_train
 
         history = fast_train(
             trainer,
