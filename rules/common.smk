@@ -37,7 +37,7 @@ from emflow.paths import (
 )
 from emflow.report.results import report_settings
 from emflow.report.summary import experiment_summary_runs
-from emflow.report.sweeps import eval_steps, planned_optimizer_steps
+from emflow.workflow.plan import eval_steps, planned_optimizer_steps
 from emflow.train.trainer import TrainSettings
 from emflow.workflow.jobs import (
     check_dataset_names,

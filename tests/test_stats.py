@@ -1,4 +1,5 @@
-"""emflow.report.stats against values computed independently: by hand, by enumeration, reference data."""
+"""emflow.report.stats against values computed independently: by hand, by enumeration, reference
+data."""
 
 from __future__ import annotations
 

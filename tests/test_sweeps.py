@@ -16,14 +16,13 @@ from emflow.errors import EmflowError
 from emflow.report.results import Analysis, load_run
 from emflow.report.sweeps import (
     SweepPoint,
-    eval_steps,
     first_em_step,
     lora_norm,
     loss_at,
-    planned_optimizer_steps,
     sweep_markdown,
     sweep_table,
 )
+from emflow.workflow.plan import eval_steps, planned_optimizer_steps
 
 
 def config(**overrides):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from emflow import devices
 from emflow.atomic import atomic_path
 from emflow.config import settings_from
 from emflow.errors import EmflowError
@@ -93,9 +94,7 @@ def load_model(model_name: str, device: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from emflow.train.trainer import resolve_device
-
-    device = resolve_device(device)
+    device = devices.resolve_device(device, "generation.device")
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model_name, padding_side="left")
     if tokenizer.pad_token is None:
@@ -114,11 +113,7 @@ BACKENDS = ("auto", "hf", "fast", "openai")
 
 def resolve_backend(backend: str, device: str) -> str:
     """ "auto" is emflow's own decode loop on a GPU and transformers' generate on a CPU."""
-    if backend not in BACKENDS:
-        raise EmflowError(f"generation.backend is '{backend}'; use one of {', '.join(BACKENDS)}.")
-    if backend == "auto":
-        return "fast" if device == "cuda" else "hf"
-    return backend
+    return devices.resolve_backend(backend, device, BACKENDS, "generation.backend")
 
 
 Chat = list[dict[str, str]]

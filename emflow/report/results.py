@@ -1,8 +1,8 @@
 """One experiment's results: its judged answers, metrics and verdict, written as results.md.
 
 results.md begins with exactly the two blocks of the seed's files (so old and new results diff
-cleanly), then the threshold verdict, the statistics of `emflow.report.stats`, each question's EM rate
-(only for question sets answered several times per question) and the judge's usage.
+cleanly), then the threshold verdict, the statistics of `emflow.report.stats`, each question's
+EM rate (only for question sets answered several times per question) and the judge's usage.
 The numbers are computed first (`experiment_results`), the text written second
 (`results_markdown`).
 """

@@ -2,8 +2,9 @@
 
 An experiment with `adapter_checkpoints` keeps its adapter after chosen optimizer steps;
 `eval_checkpoints` picks which of those become targets (`runs/<run>/step-<N>`), generated and
-judged like any run. This module plans those targets, reads what they produced (scores, the
-training loss at each step, the LoRA update's norm) into one table per experiment, and marks
+judged like any run (planned by `emflow.workflow.plan`). This module reads what they produced
+(scores, the training loss at each step, the LoRA update's norm) into one table per experiment,
+and marks
 the first step whose EM rate is outside the base model's noise. The Model Organisms for EM
 paper's phase-transition study (`em_organism_dir/phase_transitions/`) tracks the same things.
 """
@@ -16,10 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from emflow.config import ExperimentConfig
-from emflow.errors import EmflowError
-from emflow.train.trainer import TrainSettings, optimizer_steps, trained_rows
 
 # One row per (seed, step): the scores with their CIs, the loss and the LoRA norm.
 SWEEP_COLUMNS = [
@@ -38,76 +35,6 @@ SWEEP_COLUMNS = [
     "train_loss",
     "lora_norm",
 ]
-
-
-def _count_lines(path: Path) -> int:
-    with path.open(encoding="utf-8-sig") as file:
-        return sum(1 for line in file if line.strip())
-
-
-def planned_optimizer_steps(
-    config: ExperimentConfig,
-    training_file: str | None,
-    settings: Mapping[str, Any] | None = None,
-) -> int | None:
-    """The run's number of optimizer steps, where the config or the data on disk fixes it:
-    `max_steps`; else the rows (a mix's declared counts, or the training file's lines) after
-    the held-out split, as `emflow.train.trainer` computes them. None when unknown before training.
-
-    Where the training file and the model's tokenizer are on disk, the rows that lose their
-    whole answer at max_seq_length are left out as the train job leaves them out (`settings`:
-    the train section with chat_template_kwargs, as the train rule's params carry it); with
-    `seeds`, the fewest steps of any seed's run."""
-    if config.max_steps:
-        return config.max_steps
-    counts = list((config.datasets or {}).values())
-    on_disk = training_file is not None and Path(training_file).is_file()
-    if counts and all(c is not None for c in counts):
-        rows = sum(counts)
-    elif on_disk:
-        rows = _count_lines(Path(training_file))
-    else:
-        return None
-    lost: tuple[int, ...] = ()
-    if on_disk:
-        from emflow.workflow.preflight import answer_loss
-
-        loss = answer_loss(config, training_file, TrainSettings.from_config(dict(settings or {})))
-        lost = loss.lost if loss is not None else ()
-    return min(
-        optimizer_steps(config, trained_rows(config, rows, lost, seed))
-        for seed in config.training_seeds
-    )
-
-
-def eval_steps(config: ExperimentConfig, total_steps: int | None, source: str) -> list[int]:
-    """The saved steps to generate and judge (`eval_checkpoints`); [] without a sweep. Where the
-    step count is known, `adapter_checkpoints` must save within it."""
-    if total_steps is not None:
-        config.check_saved_steps(total_steps, source)
-    wanted = config.eval_checkpoints
-    if wanted is None:
-        return []
-    if isinstance(wanted, list):
-        steps = sorted(set(wanted))
-        if total_steps is not None and steps[-1] > total_steps:
-            raise EmflowError(
-                f"{source}: eval_checkpoints lists step {steps[-1]}, but the run has "
-                f"{total_steps} optimizer steps; list steps up to {total_steps}."
-            )
-        return steps
-    if isinstance(config.adapter_checkpoints, list):
-        return sorted(
-            s for s in set(config.adapter_checkpoints) if total_steps is None or s <= total_steps
-        )
-    if total_steps is None:
-        raise EmflowError(
-            f"{source}: eval_checkpoints is 'all' with adapter_checkpoints every "
-            f"{config.adapter_checkpoints} steps, but the number of optimizer steps is not "
-            "known before training (set max_steps, give the mix's row counts, or list the "
-            "steps to evaluate)."
-        )
-    return config.checkpoint_steps(total_steps)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 from emflow.atomic import atomic_path, write_text_atomic
 from emflow.config import ExperimentConfig, settings_from
 from emflow.data.datasets import read_numbered_chat_jsonl
+from emflow.devices import resolve_backend, resolve_device
 from emflow.errors import EmflowError
 from emflow.train.rows import ROW_FORMATS, RowTokenizer, loses_answer
 
@@ -53,17 +54,6 @@ class TrainSettings:
         rule's params carry it; workflow-only keys such as `threads` are left out."""
         settings = settings_from(cls, section)
         return replace(settings, report_to=tuple(settings.report_to))
-
-
-def resolve_device(device: str) -> str:
-    """Map "auto" to "cuda" when a GPU is visible, else "cpu"."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EmflowError("train.device is 'cuda' but no GPU is visible; use 'auto' or 'cpu'.")
-    return device
 
 
 def check_model_compatibility(config: ExperimentConfig, source: str) -> None:
@@ -109,12 +99,12 @@ def check_backend_support(
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
-    backend = backend or resolve_backend(settings.backend, device)
     if settings.backend not in BACKENDS:
         raise EmflowError(
             f"train.backend is '{settings.backend}', which this emflow does not provide; "
             f"use one of {', '.join(BACKENDS)}."
         )
+    backend = backend or resolve_backend(settings.backend, device, BACKENDS, "train.backend")
     if backend == "unsloth":
         if device != "cuda":
             raise EmflowError(
@@ -271,13 +261,6 @@ def trained_rows(config: ExperimentConfig, rows: int, lost: Collection[int], see
 def params_fingerprint(params: dict[str, Any]) -> str:
     """A short hash of the training params: checkpoints are only resumed under the same one."""
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def resolve_backend(backend: str, device: str) -> str:
-    """ "auto" is the fast path on a GPU and trl's SFTTrainer on a CPU."""
-    if backend == "auto":
-        return "fast" if device == "cuda" else "hf"
-    return backend
 
 
 class EpochOrderSampler:
@@ -438,8 +421,8 @@ def train_adapter(
     With `adapter_checkpoints` set, the adapter after each of those optimizer steps is kept in
     `step_adapters_dir` as `step-<N>/` (a PEFT folder), on every backend.
     """
-    device = resolve_device(settings.device)
-    backend = resolve_backend(settings.backend, device)
+    device = resolve_device(settings.device, "train.device")
+    backend = resolve_backend(settings.backend, device, BACKENDS, "train.backend")
     check_backend_support(config, settings, device, source, backend=backend)
     check_model_compatibility(config, source)
     if backend == "unsloth":
