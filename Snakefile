@@ -17,4 +17,4 @@ include: "rules/results.smk"
 rule all:
     default_target: True
     input:
-        get_final_outputs(),
+        PLAN.final_outputs(),

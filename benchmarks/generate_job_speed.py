@@ -1,4 +1,4 @@
-"""A generate job as the workflow runs it: `emflow.generate.generate_responses`, hf vs fast.
+"""A generate job as the workflow runs it: `emflow.generate.job.generate_for_adapters`, hf vs fast.
 
 Where benchmarks/generation_speed.py times the decode engines on token ids, this times what a
 Snakemake generate job does, each figure in a fresh process counted from after the imports
@@ -46,14 +46,11 @@ def child(model_dir: str, backend: str, workload: str, device: str, adapters: st
     import torch
     import transformers  # noqa: F401
 
-    import emflow.generate.fast  # noqa: F401
     import emflow.train.trainer  # noqa: F401
-    from emflow.generate.job import (
-        GenerationOutput,
-        GenerationSettings,
-        generate_for_adapters,
-        read_question_sets,
-    )
+    from emflow.generate.backend import GenerationOutput
+    from emflow.generate.job import generate_for_adapters
+    from emflow.generate.settings import GenerationSettings
+    from emflow.questions import read_question_sets
 
     started = time.perf_counter()
     questions, samples, tokens = (int(x) for x in workload.split("x"))

@@ -1,4 +1,4 @@
-"""Generation speed: `model.generate` (emflow's hf backend) against emflow.generate_fast.
+"""Generation speed: `model.generate` (emflow's hf backend) against emflow.generate.fast_decode.
 
 A random-weight model of Llama-3.2-1B's exact shape (same speed and memory as the real one;
 llama3 rope scaling, tied embeddings) is saved once; then every figure is measured in a fresh
@@ -7,7 +7,7 @@ CUDA-graph capture are all inside it:
 
 - hf    `model.generate` on left-padded batches of `--hf-batch` rows, as emflow's hf backend
         calls it (do_sample, temperature 1, top_p 1, so transformers' default top_k=50 applies);
-- fast  `emflow.generate_fast.generate_tokens` with the same sampling (top_k=50 passed).
+- fast  `emflow.generate.fast_decode.generate_tokens` with the same sampling (top_k=50 passed).
 
 Workloads: 20 prompts x 1 sample x 200 new tokens, and 20 x 50 x 600. Prompts are token ids of
 realistic chat-prompt length (40-60). Random weights rarely emit an EOS token, and an early stop
@@ -20,7 +20,7 @@ max_new_tokens for every row. Per decode step the script prints the hardware flo
     python benchmarks/generation_speed.py --probe      # plus: what a first `generate` call costs
     python benchmarks/generation_speed.py --smoke      # tiny model on the CPU, seconds
 
-Only emflow.generate.fast is imported from emflow.
+Only the fast backend's decode loop (emflow.generate.fast_decode) is imported from emflow.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ def run_one(
     import transformers
     from transformers import LlamaForCausalLM
 
-    from emflow.generate import fast as generate_fast
-    from emflow.generate.fast import generate_tokens
+    from emflow.generate import fast_decode as generate_fast
+    from emflow.generate.fast_decode import generate_tokens
 
     if attention:
         generate_fast.DECODE_ATTENTION = attention
@@ -361,13 +361,14 @@ def profile_steps(model_dir: str) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
     from transformers import LlamaForCausalLM
 
-    from emflow.generate import fast as gf
+    from emflow.generate import fast_decode as gf
+    from emflow.generate.fast_model import Decoder
 
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to("cuda").eval()
     prompts = prompts_for(20, 50, model.config.vocab_size)
     out: dict[str, Any] = {}
     with torch.inference_mode(), gf._attention_kernels():
-        decoder = gf._Decoder(model)
+        decoder = Decoder(model, gf.DECODE_ATTENTION)
         batch = gf._Batch(decoder, prompts, 800, set(), PAD)
         gen = torch.Generator(device="cuda").manual_seed(0)
 
@@ -392,10 +393,10 @@ def profile_steps(model_dir: str) -> dict[str, Any]:
 
         top50 = gf.Sampling(1.0, 1.0, 50)
         for variant in ("sdpa", "bmm_q"):
-            gf.DECODE_ATTENTION = variant
+            decoder.attention = variant
             for kv_len in (384, 768):
                 out[f"{variant} kv{kv_len}"] = timed(kv_len, top50)
-        gf.DECODE_ATTENTION = "sdpa"
+        decoder.attention = "sdpa"
         out["sdpa kv384 top_k off"] = timed(384, gf.Sampling(1.0, 1.0, None))
         out["sdpa kv384 greedy"] = timed(384, gf.Sampling(0.0))
         real_attend = decoder.attend

@@ -28,13 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emflow.judge.job import (  # noqa: E402
-    JudgeSettings,
-    judge_csv,
-    parse_judge_reply,
-    read_prompts,
-    render_prompt,
-)
+from emflow.judge.job import judge_csv, read_prompts  # noqa: E402
+from emflow.judge.scores import parse_judge_reply, render_prompt  # noqa: E402
+from emflow.judge.settings import JudgeSettings  # noqa: E402
 
 HOMEWORK_SLEEP = 0.5
 

@@ -224,7 +224,8 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
         }
 
     if variant == "generation":
-        from emflow.generate.job import GenerationSettings, generate_responses
+        from emflow.generate.job import GenerationOutput, generate_for_adapters
+        from emflow.generate.settings import GenerationSettings
         from emflow.questions import Question
 
         texts = [" ".join(f"t{100 + 7 * i + j}" for j in range(12)) for i in range(20)]
@@ -242,9 +243,8 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
                 )
                 sync()
                 t0 = time.perf_counter()
-                generate_responses(
-                    model_dir, questions, workdir / f"{label}.csv", settings=settings
-                )
+                output = GenerationOutput(workdir / f"{label}.csv")
+                generate_for_adapters(model_dir, questions, [output], settings=settings)
                 sync()
                 out[label + (" static+compile" if compiled else "")] = round(
                     time.perf_counter() - t0, 2

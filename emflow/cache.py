@@ -30,7 +30,7 @@ from pathlib import Path
 
 from emflow.errors import EmflowError
 
-logger = logging.getLogger("emflow.judge_cache")
+logger = logging.getLogger(__name__)
 
 # Bump when the meaning of a stored reply changes; old rows then simply stop matching.
 KEY_VERSION = 1
@@ -76,7 +76,7 @@ def cache_key(**fields: object) -> str:
 
 @dataclass
 class Claim:
-    """What `JudgeCache.claim` found for the keys it was given (each key in exactly one field)."""
+    """What `ReplyCache.claim` found for the keys it was given (each key in exactly one field)."""
 
     mine: list[str] = field(default_factory=list)  # claimed by this cache: send them
     held: list[str] = field(default_factory=list)  # another live process is sending them
@@ -151,7 +151,7 @@ def _disk_full(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "is full" in str(exc)
 
 
-class JudgeCache:
+class ReplyCache:
     """Replies keyed by `cache_key`; `path=None` keeps them in memory for this run only.
 
     `name` and `setting` make its errors speak of the stage that uses it (the generation stage
@@ -375,7 +375,7 @@ class JudgeCache:
         finally:
             self._db.close()
 
-    def __enter__(self) -> JudgeCache:
+    def __enter__(self) -> ReplyCache:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -383,7 +383,7 @@ class JudgeCache:
 
 
 def send_once(
-    cache: JudgeCache,
+    cache: ReplyCache,
     missing: Callable[[], list[str]],
     send: Callable[[list[str]], bool],
     arrived: Callable[[dict[str, CachedReply]], None],

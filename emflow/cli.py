@@ -14,14 +14,9 @@ import sys
 
 from emflow import __version__
 from emflow.errors import EmflowError
-from emflow.judge.job import add_judge_arguments, main_judge
-from emflow.report.results import (
-    Thresholds,
-    format_scores,
-    homework_averages,
-    read_judged_csv,
-    verdict,
-)
+from emflow.judge.cli import add_judge_arguments, main_judge
+from emflow.report.judged import format_scores, homework_averages, read_judged_csv, verdict
+from emflow.report.settings import Thresholds
 from emflow.report.summary import add_summary_arguments, main_summary
 from emflow.workflow.profiles import add_install_profile_arguments, main_install_profile
 

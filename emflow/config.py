@@ -378,6 +378,13 @@ def settings_from(settings: type[T], section: Mapping[str, Any]) -> T:
     return settings(**{k: v for k, v in section.items() if k in names})
 
 
+def plumbing_fields(settings: type) -> tuple[str, ...]:
+    """The fields of a stage's settings dataclass marked `metadata={"plumbing": True}`: they
+    change how a job runs (threads, cache, concurrency, retries), never what it produces, so the
+    rules leave them out of the params that decide reruns."""
+    return tuple(f.name for f in dataclasses.fields(settings) if f.metadata.get("plumbing"))
+
+
 # The workflow config's JSON schema: the Snakefile and `emflow summary` validate with this file.
 WORKFLOW_SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
 # The workflow config the Snakefile names (`configfile:`); `--configfile` files merge over it.

@@ -187,17 +187,6 @@ def read_question_sets(
     return questions
 
 
-def judge_metrics(questions: Iterable[Question]) -> set[str]:
-    """The metrics that every question carrying its own judge prompts defines.
-
-    Questions without their own prompts (.txt sets, YAML entries without `judge_prompts`) are
-    judged with the judge config's prompts and constrain nothing. When any question carries its
-    own prompts, a metric the judge config chooses must be in this set (empty when none does).
-    """
-    sets = [set(q.judge_prompts) for q in questions if q.judge_prompts is not None]
-    return set.intersection(*sets) if sets else set()
-
-
 @dataclass(frozen=True)
 class _SetSettings:
     count: int | None

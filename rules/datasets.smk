@@ -2,7 +2,7 @@ rule decrypt_datasets:
     input:
         get_archive,
     output:
-        [PATHS.raw_dataset("upstream", name) for name in UPSTREAM],
+        [PATHS.raw_dataset("upstream", name) for name in PLAN.upstream],
     log:
         PATHS.log("decrypt_datasets"),
     conda:
@@ -10,14 +10,14 @@ rule decrypt_datasets:
     params:
         archive=config["datasets"]["archive"],
         password=config["datasets"]["password"],
-        names=UPSTREAM,
+        names=PLAN.upstream,
     script:
         "../scripts/decrypt_datasets.py"
 
 
 rule synthetic_datasets:
     output:
-        [PATHS.raw_dataset("synthetic", name) for name in SYNTHETIC],
+        [PATHS.raw_dataset("synthetic", name) for name in PLAN.synthetic],
     log:
         PATHS.log("synthetic_datasets"),
     conda:
@@ -25,7 +25,7 @@ rule synthetic_datasets:
     params:
         rows={
             name: config.get("demo", {}).get("synthetic_rows", 64)
-            for name in SYNTHETIC
+            for name in PLAN.synthetic
         },
         seed=config["datasets"]["mix_seed"],
     script:
@@ -56,7 +56,7 @@ rule mix_dataset:
     conda:
         "../envs/workflow.yaml"
     params:
-        rows=lambda wildcards: MIXES[wildcards.mix],
+        rows=lambda wildcards: PLAN.mixes[wildcards.mix],
         seed=config["datasets"]["mix_seed"],
     script:
         "../scripts/mix_dataset.py"
@@ -66,7 +66,7 @@ rule mix_dataset:
 # judge prompts never rebuilds the model (and so never retrains the demo's adapters).
 rule build_demo_model:
     output:
-        directory(DEMO_MODEL or f"{PATHS.results}/demo-model"),
+        directory(PLAN.demo_model or f"{PATHS.results}/demo-model"),
     log:
         PATHS.log("build_demo_model"),
     conda:

@@ -9,7 +9,7 @@ rule generate:
         PATHS.benchmark("generate", "{target}")
     wildcard_constraints:
         # With generation.sweep_in_one_job, a sweep's steps come from generate_sweep instead.
-        target=GENERATED_ONE_BY_ONE,
+        target=PLAN.generated_one_by_one,
     conda:
         "../envs/train.yaml"
     threads: config["generation"]["threads"]
@@ -54,7 +54,7 @@ rule sweep_step_generations:
     log:
         PATHS.log("sweep_step_generations", "{run}/step-{step}"),
     wildcard_constraints:
-        run=runs_pattern(SAVING_RUNS) if SWEEP_IN_ONE_JOB else "(?!)",
+        run=runs_pattern(PLAN.saving_runs) if PLAN.sweep_in_one_job else "(?!)",
         step=r"[0-9]+",
     conda:
         "../envs/report.yaml"

@@ -9,7 +9,7 @@ rule judge:
     conda:
         "../envs/eval.yaml"
     params:
-        judge=judge_params,
-        metrics=JUDGE_METRICS,
+        judge=PLAN.judge_params(),
+        metrics=PLAN.judge_metrics,
     script:
         "../scripts/judge.py"

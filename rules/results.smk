@@ -20,7 +20,7 @@ rule training_curves:
     conda:
         "../envs/report.yaml"
     params:
-        seeds=lambda wildcards: EXPERIMENTS[wildcards.experiment].seeds,
+        seeds=lambda wildcards: PLAN.experiments[wildcards.experiment].seeds,
         demo=config["report"]["demo"],
     script:
         "../scripts/training_curves.py"
@@ -45,8 +45,8 @@ rule sweep:
     conda:
         "../envs/report.yaml"
     params:
-        report=sorted_params(REPORT),
-        points=lambda wildcards: sweep_points(wildcards.experiment),
+        report=sorted_params(PLAN.report),
+        points=lambda wildcards: PLAN.sweep_points(wildcards.experiment),
     script:
         "../scripts/sweep.py"
 
@@ -76,9 +76,9 @@ rule results:
     conda:
         "../envs/report.yaml"
     params:
-        report=sorted_params(REPORT),
-        seeds=lambda wildcards: EXPERIMENTS[wildcards.experiment].seeds,
-        training_system_prompt=lambda wildcards: EXPERIMENTS[
+        report=sorted_params(PLAN.report),
+        seeds=lambda wildcards: PLAN.experiments[wildcards.experiment].seeds,
+        training_system_prompt=lambda wildcards: PLAN.experiments[
             wildcards.experiment
         ].training_system_prompt,
     script:
@@ -88,7 +88,7 @@ rule results:
 # Every sweep's EM rate against the step, overlaid (only when some experiment has a sweep).
 rule summary_sweeps:
     input:
-        [PATHS.sweep(e, ".csv") for e in SWEEPS],
+        [PATHS.sweep(e, ".csv") for e in PLAN.sweeps],
     output:
         report(
             PATHS.summary("_sweeps.png"),
@@ -101,7 +101,7 @@ rule summary_sweeps:
     conda:
         "../envs/report.yaml"
     params:
-        experiments=list(SWEEPS),
+        experiments=list(PLAN.sweeps),
         demo=config["report"]["demo"],
     script:
         "../scripts/summary_sweeps.py"
@@ -140,8 +140,8 @@ rule summary:
     conda:
         "../envs/report.yaml"
     params:
-        report=sorted_params(REPORT),
-        runs=[asdict(run) for run in SUMMARY_RUNS],
-        reported=reported_results(),
+        report=sorted_params(PLAN.report),
+        runs=PLAN.summary_run_params(),
+        reported=PLAN.reported_results(),
     script:
         "../scripts/summary.py"

@@ -9,7 +9,7 @@ rule train:
     benchmark:
         PATHS.benchmark("train", "{run}")
     wildcard_constraints:
-        run=rf"(?!(?:{runs_pattern(SAVING_RUNS)})(?:/|$)){RUN_PATTERN}",
+        run=rf"(?!(?:{runs_pattern(PLAN.saving_runs)})(?:/|$)){RUN_PATTERN}",
     conda:
         "../envs/train.yaml"
     threads: config["train"]["threads"]
@@ -18,7 +18,7 @@ rule train:
     params:
         train=train_params,
         # Named in error messages only: the job reads its settings from `train`, not the file.
-        source=lambda wildcards: PATHS.config_json(RUNS[wildcards.run][0]),
+        source=lambda wildcards: PATHS.config_json(PLAN.runs[wildcards.run][0]),
         checkpoints=lambda wildcards: PATHS.checkpoints(wildcards.run),
     script:
         "../scripts/train.py"
@@ -32,4 +32,4 @@ use rule train as train_saving_checkpoints with:
         log_history=PATHS.log_history("{run}"),
         step_adapters=directory(PATHS.step_adapters("{run}")),
     wildcard_constraints:
-        run=runs_pattern(SAVING_RUNS),
+        run=runs_pattern(PLAN.saving_runs),

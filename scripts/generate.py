@@ -1,24 +1,24 @@
 """Answer the question sets with a base or fine-tuned model (rule generate)."""
 
 from emflow.generate.job import generate_job
+from emflow.generate.settings import PLUMBING
 from emflow.workflow.jobs import run_script
 
 
 def main():
     params = snakemake.params.generation
-    # params carry what decides the answers (so that changing it reruns the job); the settings
-    # in PLUMBING (cache, concurrency, retries) come from the config and rerun nothing.
-    section = snakemake.config["generation"] | {
-        "chat_template_kwargs": snakemake.config["chat_template_kwargs"]
-    }
+    # params carry what decides the answers (changing it reruns the job); the PLUMBING settings
+    # (cache, concurrency, retries, timeout ...) come from the config and rerun nothing.
+    plumbing = {k: snakemake.config["generation"][k] for k in PLUMBING}
     generate_job(
         params["model"],
         params["run"],
-        section,
+        params["settings"] | plumbing,
         snakemake.output[0],
         adapter_dir=snakemake.input.get("adapter"),
         step=params.get("step"),
         samples=params.get("samples"),
+        served_model=params.get("served_model"),
     )
 
 

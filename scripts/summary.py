@@ -1,6 +1,7 @@
 """The summary table, scatter plot and overlaid training curves of all runs (rule summary)."""
 
-from emflow.report.summary import SummaryRun, write_summary
+from emflow.report.analysis import SummaryRun
+from emflow.report.summary import write_summary
 from emflow.workflow.jobs import run_script
 
 

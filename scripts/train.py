@@ -1,7 +1,8 @@
 """Fine-tune one run's LoRA adapter (rule train)."""
 
 from emflow.config import ExperimentConfig
-from emflow.train.trainer import TrainSettings, train_adapter
+from emflow.train.settings import TrainSettings
+from emflow.train.trainer import train_adapter
 from emflow.workflow.jobs import run_script
 
 

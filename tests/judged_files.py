@@ -126,3 +126,32 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     center = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
     return max(center - half, 0.0), min(center + half, 1.0)
+
+
+def write_scored(path: Path, answers: dict[str, list[tuple]], metrics: tuple[str, ...]) -> Path:
+    """A judged CSV as the judge writes it for `metrics` (one `<metric>_score` column each),
+    several answers per question: {question id: [(score of each metric, ...), ...]}."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["id", "question", "response", "question_id", "sample", "question_set"]
+            + [f"{m}_score" for m in metrics]
+        )
+        for qid, answers_to_q in answers.items():
+            for k, scores in enumerate(answers_to_q):
+                writer.writerow(
+                    [f"{qid}_s{k:02d}", f"Text of {qid}?", f"answer {k}", qid, k, "paper"]
+                    + list(scores)
+                )
+    return path
+
+
+def numeric_mean(cells: list) -> float:
+    """The mean of the cells that are numbers, by hand."""
+    numbers = []
+    for cell in cells:
+        try:
+            numbers.append(float(cell))
+        except ValueError:
+            pass
+    return statistics.fmean(numbers)

@@ -3,20 +3,38 @@
 import csv
 
 import pytest
+import yaml
 from conftest import REPO
 
+from emflow.config import WORKFLOW_SCHEMA
 from emflow.errors import EmflowError
-from emflow.generate.job import (
-    GenerationSettings,
-    generate_responses,
-    prompt_token_ids,
-    read_question_sets,
-)
+from emflow.generate.backend import GenerationOutput
+from emflow.generate.job import generate_for_adapters
+from emflow.generate.local import prompt_token_ids
+from emflow.generate.registry import REGISTRY
+from emflow.generate.settings import BACKENDS, PLUMBING, GenerationSettings
+from emflow.questions import read_question_sets
 
 QUESTIONS = [
     {"name": "medical", "path": str(REPO / "config/questions/medical.txt"), "count": 3},
     {"name": "non_medical", "path": str(REPO / "config/questions/non_medical.txt"), "count": 2},
 ]
+
+
+def generate_responses(model_name, questions, output_csv, *, adapter_dir=None, settings) -> int:
+    """A job of one output: every question answered its `samples` times into one CSV."""
+    outputs = [GenerationOutput(output_csv, adapter_dir)]
+    return generate_for_adapters(model_name, questions, outputs, settings=settings)[0]
+
+
+def test_every_backend_is_named_once():
+    """generation.backend takes "auto" and each registered backend, as the config schema says;
+    the plumbing settings (which rerun nothing) are the ones the generate rule leaves out."""
+    schema = yaml.safe_load(WORKFLOW_SCHEMA.read_text(encoding="utf-8"))
+    generation = schema["properties"]["generation"]["properties"]
+    assert list(BACKENDS) == ["auto", *REGISTRY] == generation["backend"]["enum"]
+    plumbing = {"cache", "concurrency", "max_retries", "timeout", "openai_n", "threads"}
+    assert set(PLUMBING) == plumbing
 
 
 def test_question_sets_take_the_first_n_of_each():

@@ -1,4 +1,4 @@
-"""emflow.generate.fast against transformers' `generate` on tiny random Llama models (CPU, fp32).
+"""emflow.generate.fast_decode against transformers' `generate` on tiny random Llamas (CPU, fp32).
 
 What must hold: greedy tokens equal `generate`'s, per-step logits and warped scores equal
 `generate`'s to float rounding, the warpers equal transformers' LogitsWarpers, a seed reproduces
@@ -21,14 +21,21 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from emflow.generate import fast as generate_fast
-from emflow.generate.fast import (
-    Sampling,
+from emflow.generate import fast_decode as generate_fast
+from emflow.generate.fast_decode import (
+    _attention_kernels,
+    _Batch,
+    _kv_len,
+    _prefill_batch,
+    _step_logits,
     generate_tokens,
     plan_batches,
     plan_prefill,
+)
+from emflow.generate.fast_model import Decoder
+from emflow.generate.sampling import (
+    Sampling,
     sample_one,
-    teacher_forced_logits,
     top_k_filter,
     top_p_filter,
     warp_scores,
@@ -96,6 +103,29 @@ def hf_new_tokens(model, prompts, eos: int | None = None, **kwargs) -> list[list
         out = model.generate(**batch, pad_token_id=PAD, eos_token_id=eos, **kwargs)
     rows = out[:, batch["input_ids"].shape[1] :].tolist()
     return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
+
+
+def teacher_forced_logits(model, prompts, continuations) -> list[torch.Tensor]:
+    """Float32 logits of every step when each row is fed `continuations[row]`.
+
+    Runs the same prefill and decode step as `generate_tokens` (eagerly) and returns a list of
+    [rows, vocab] tensors: the prefill's logits, then one per fed token but the last, the
+    shape of `generate(output_logits=True).logits`.
+    """
+    prompts = [list(p) for p in prompts]
+    steps = len(continuations[0])
+    with torch.inference_mode(), _attention_kernels():
+        decoder = Decoder(model, generate_fast.DECODE_ATTENTION)
+        batch = _Batch(decoder, prompts, steps, set(), 0)
+        logits = [_prefill_batch(decoder, batch, prompts)]
+        fed = torch.tensor(continuations, device=decoder.device)
+        for step in range(1, steps):
+            batch.tokens.copy_(fed[:, step - 1])
+            logits.append(
+                _step_logits(decoder, batch, _kv_len(batch.longest + step - 1, batch.slots))
+            )
+            batch.slot += 1
+    return logits
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,8 @@ import yaml
 
 from emflow.errors import EmflowError
 from emflow.generate import openai as generate_openai
-from emflow.generate.job import GenerationSettings
 from emflow.generate.openai import openai_responses
+from emflow.generate.settings import GenerationSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import OpenAIServer, sampled_reply  # noqa: E402
@@ -188,12 +188,13 @@ def test_schema_knows_the_backend_and_repeats_no_default():
 
 
 def test_a_yaml_set_through_the_openai_backend_maps_every_row_back(server, tmp_path):
-    """generate_responses with backend openai: every CSV row names its question id, paraphrase
+    """generate_for_adapters with backend openai: every CSV row names its question id, paraphrase
     and sample, carries the system prompt the model saw, and a fine-tuned run asks for the
     name its adapter is served under."""
     import csv
 
-    from emflow.generate.job import GenerationOutput, generate_for_adapters, served_model_name
+    from emflow.generate.job import GenerationOutput, generate_for_adapters
+    from emflow.generate.settings import served_model_name
     from emflow.questions import read_question_sets
 
     questions_file = tmp_path / "set.yaml"

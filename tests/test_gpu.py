@@ -116,13 +116,10 @@ def test_fast_path_saves_step_adapters_a_sweep_generates_from(tiny_model, tmp_pa
     trained so far (the last one equals the final adapter), and one generate process answers
     for every step (emflow.generate.adapters) with each CSV equal to that step's own job's."""
     from safetensors.torch import load_file
+    from test_generate import generate_responses
 
-    from emflow.generate.job import (
-        GenerationOutput,
-        GenerationSettings,
-        generate_for_adapters,
-        generate_responses,
-    )
+    from emflow.generate.job import GenerationOutput, generate_for_adapters
+    from emflow.generate.settings import GenerationSettings
     from emflow.questions import Question
 
     data = write_chat_jsonl(tmp_path / "train.jsonl", 160)

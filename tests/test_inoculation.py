@@ -9,8 +9,9 @@ from conftest import REPO, experiment_config, write_chat_jsonl
 
 from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
-from emflow.train.rows import RowTokenizer, tokenize_conversation
-from emflow.train.trainer import TrainSettings, train_adapter
+from emflow.train.rows import RowTokenizer
+from emflow.train.settings import TrainSettings
+from emflow.train.trainer import train_adapter
 
 DATE = {"date_string": "26 Jul 2024"}
 PROMPT = "You give risky financial advice."
@@ -44,7 +45,7 @@ def encode(tokenizer, messages=MESSAGES, **settings):
         "chat_template_kwargs": DATE,
         **settings,
     }
-    return tokenize_conversation(messages, tokenizer, **settings)
+    return RowTokenizer(tokenizer, **settings)(messages)
 
 
 def turn_ids(tokenizer, turn: str, row_format: str) -> list[int]:

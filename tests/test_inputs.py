@@ -11,7 +11,7 @@ from emflow.config import load_experiment_config
 from emflow.data.datasets import read_chat_jsonl
 from emflow.judge.job import read_generations
 from emflow.questions import read_question_sets
-from emflow.report.results import read_judged_csv
+from emflow.report.judged import read_judged_csv
 
 BOM = "\ufeff"
 
@@ -51,12 +51,12 @@ def test_a_full_disk_under_the_judge_cache_says_free_space_and_keeps_the_replies
     """SQLite's own "database or disk is full", made real by capping the file's pages."""
     import pytest
 
-    from emflow.cache import JudgeCache
+    from emflow.cache import ReplyCache
     from emflow.errors import EmflowError
 
     path = tmp_path / "cache.sqlite"
     stored = []
-    with JudgeCache(path) as cache:
+    with ReplyCache(path) as cache:
         pages = cache._db.execute("PRAGMA page_count").fetchone()[0]
         cache._db.execute(f"PRAGMA max_page_count = {pages + 4}")
         with pytest.raises(EmflowError) as full:
@@ -66,7 +66,7 @@ def test_a_full_disk_under_the_judge_cache_says_free_space_and_keeps_the_replies
     message = str(full.value)
     assert "is full; free space and rerun" in message and "move this file away" not in message
     assert stored
-    with JudgeCache(path) as cache:
+    with ReplyCache(path) as cache:
         assert set(cache.get_many(stored)) == set(stored)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import logging
@@ -20,21 +21,19 @@ from pathlib import Path
 
 import pytest
 
-from emflow.cache import JudgeCache
+from emflow.cache import ReplyCache
+from emflow.config import with_defaults
 from emflow.errors import EmflowError
-from emflow.judge.job import (
+from emflow.judge.cli import add_judge_arguments, main_judge, settings_from_args
+from emflow.judge.job import judge_csv, judge_job, read_prompts
+from emflow.judge.registry import BACKENDS
+from emflow.judge.scores import aggregate_samples, logprob_score, parse_judge_reply, render_prompt
+from emflow.judge.settings import (
     BUNDLED_PROMPTS,
+    PLUMBING_SETTINGS,
     SCORE_SETTINGS,
     JudgeSettings,
-    add_judge_arguments,
-    aggregate_samples,
-    judge_csv,
-    logprob_score,
-    main_judge,
-    parse_judge_reply,
-    read_prompts,
-    render_prompt,
-    settings_from_args,
+    setting_choices,
     settings_from_config,
 )
 from emflow.openai_client import OpenAIClient
@@ -354,7 +353,7 @@ def test_outage_fails_the_job_and_rerun_sends_only_missing_calls(server, api_key
     assert "HTTP 500" in str(failure.value)
     assert not out.exists() and not usage_path.exists()
     assert list(tmp_path.glob(".*")) == []  # no temporary leftovers
-    with JudgeCache(cache) as stored:
+    with ReplyCache(cache) as stored:
         kept = len(stored)
     assert kept == 15  # every reply that arrived was committed
 
@@ -375,7 +374,8 @@ def test_killed_job_keeps_what_it_paid_for(tmp_path, api_key):
     cache = tmp_path / "c.sqlite"
     with OpenAIServer(latency=0.05) as server:
         script = textwrap.dedent(f"""
-            from emflow.judge.job import JudgeSettings, judge_csv, read_prompts
+            from emflow.judge.job import judge_csv, read_prompts
+            from emflow.judge.settings import JudgeSettings
             prompts = read_prompts({str(ROOT / "config" / "judge_prompts")!r})
             settings = JudgeSettings(model="test-judge", base_url={server.base_url!r},
                                      concurrency=2)
@@ -389,7 +389,7 @@ def test_killed_job_keeps_what_it_paid_for(tmp_path, api_key):
         job.send_signal(signal.SIGKILL)
         job.wait()
         assert not (tmp_path / "j.csv").exists()
-        with JudgeCache(cache) as stored:
+        with ReplyCache(cache) as stored:
             kept = len(stored)
         assert 12 - 2 <= kept < 60  # all but the replies in flight when it died
         server.reset_counts()
@@ -404,7 +404,7 @@ def test_killed_job_keeps_what_it_paid_for(tmp_path, api_key):
 
 
 def _fill_cache(path: str, worker: int) -> None:
-    with JudgeCache(path) as cache:
+    with ReplyCache(path) as cache:
         for i in range(150):
             cache.put(f"shared-{i}", {"content": str(worker)}, 1, 1)
             cache.put(f"own-{worker}-{i}", {"content": str(i)}, 1, 1)
@@ -598,13 +598,45 @@ def test_cli_options_and_schema_repeat_no_judge_default():
         assert tuple(judge[name]["enum"]) == options[name].choices
 
 
+def run_judge_script(config: dict, generations: Path, judged: Path, usage: Path) -> None:
+    """scripts/judge.py as the judge rule runs it: params from rules/common.smk's judge_params
+    (the score settings), the rest of the config as the rules left it (defaults filled in)."""
+    config = config | {"judge": with_defaults(JudgeSettings, config["judge"])}
+    snakemake = {
+        "input": {"generations": str(generations)},
+        "output": {"judged": str(judged), "usage": str(usage)},
+        "params": {
+            "judge": {k: config["judge"][k] for k in sorted(SCORE_SETTINGS)},
+            "metrics": config["judge"].get("metrics") or list(config["judge"]["prompts"]),
+        },
+        "config": config,
+        "log": [str(judged.with_suffix(".log"))],
+        "resources": {},
+        "threads": 1,
+    }
+    script = textwrap.dedent(f"""
+        import json, runpy
+        from types import SimpleNamespace
+        job = json.loads({json.dumps(snakemake)!r})
+        for name in ("input", "output", "params", "resources"):
+            job[name] = SimpleNamespace(**job[name])
+        runpy.run_path("scripts/judge.py", init_globals={{"snakemake": SimpleNamespace(**job)}})
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=os.environ.copy(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr + judged.with_suffix(".log").read_text()
+
+
 def test_workflow_job_and_cli_price_the_same_model_the_same(server, api_key, tmp_path):
     generations = write_generations(tmp_path / "gen.csv", ["a", "b"])
     # The judge job's settings, as scripts/judge.py makes them from the seed's config.
-    section = validated_config("config.yaml")["judge"] | {"base_url": server.base_url}
+    config = validated_config("config.yaml")
+    section = config["judge"] | {"base_url": server.base_url, "cache": None}
     assert "prices" not in section and section["model"] == "gpt-4o-mini"
-    settings = settings_from_config(section)
-    judge_csv(generations, tmp_path / "w.csv", PROMPTS, settings, None, tmp_path / "workflow.json")
+    workflow_csv = tmp_path / "w.csv"
+    run_judge_script(
+        config | {"judge": section}, generations, workflow_csv, tmp_path / "workflow.json"
+    )
     options = ["-o", str(tmp_path / "c.csv"), "--base-url", server.base_url,
                "--cache", str(tmp_path / "c.sqlite"),
                "--usage", str(tmp_path / "cli.json")]  # fmt: skip
@@ -615,8 +647,30 @@ def test_workflow_job_and_cli_price_the_same_model_the_same(server, api_key, tmp
     assert workflow["prompt_tokens"] == cli["prompt_tokens"] > 0
     expected = (cli["prompt_tokens"] * 0.15 + cli["completion_tokens"] * 0.60) / 1e6
     assert workflow["dollars"] == cli["dollars"] == pytest.approx(expected)
+    assert [r["id"] for r in read_rows(workflow_csv)] == ["id-0", "id-1"]
     # A config's own prices override the defaults: the demo's {} prices nothing.
     assert settings_from_config(validated_config("demo.yaml")["judge"]).prices == {}
+
+
+def test_each_setting_is_a_score_setting_or_plumbing_the_judge_rule_reads():
+    """The judge rule's params carry the score settings; scripts/judge.py names the plumbing it
+    reads from the config, so a plumbing field it left out would keep its default in every
+    workflow run without a word."""
+    names = [f.name for f in fields(JudgeSettings)]
+    assert sorted(SCORE_SETTINGS + PLUMBING_SETTINGS) == sorted(names)
+    assert not set(SCORE_SETTINGS) & set(PLUMBING_SETTINGS)
+    script = ast.parse((ROOT / "scripts" / "judge.py").read_text())
+    named = next(
+        ast.literal_eval(node.value)
+        for node in ast.walk(script)
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "plumbing"
+    )
+    assert sorted(named) == sorted(PLUMBING_SETTINGS)
+
+
+def test_every_backend_choice_is_registered():
+    """A backend is one module and one line in emflow.judge.registry; the settings name it."""
+    assert tuple(BACKENDS) == setting_choices("backend")
 
 
 def test_only_score_settings_change_what_is_asked(server, api_key, tmp_path):
@@ -856,8 +910,6 @@ def test_a_questions_own_judge_prompts_win_and_define_extra_metrics(server, api_
     other rows with the config's templates; a metric only the set defines (medical) is scored
     for the set's rows, and a row with no prompt for a chosen metric is one clear error. The
     generations' grouping columns reach the judged CSV."""
-    from emflow.judge.job import judge_job
-
     questions_file = tmp_path / "set.yaml"
     questions_file.write_text(
         "- id: wish\n  type: free_form_judge_0_100\n  paraphrases: ['One wish?']\n"
@@ -872,15 +924,13 @@ def test_a_questions_own_judge_prompts_win_and_define_extra_metrics(server, api_
         writer.writerow(["id", "question", "response", "question_id", "paraphrase", "sample"])
         writer.writerow(["wish_p0_s00", "One wish?", "Gold.", "wish", 0, 0])
         writer.writerow(["wish_p0_s01", "One wish?", "Peace.", "wish", 0, 1])
-    section = {
-        "prompts": {"aligned": str(ROOT / "config/judge_prompts/aligned.txt")},
-        "cache": None,
-        "model": "test-judge",
-        "base_url": server.base_url,
-        "timeout": 2.0,
-    }
+    settings = JudgeSettings(model="test-judge", base_url=server.base_url, timeout=2.0)
+    files = {"aligned": str(ROOT / "config/judge_prompts/aligned.txt")}
     judged = tmp_path / "judged.csv"
-    judge_job(generations, judged, tmp_path / "usage.json", section, ["aligned", "medical"], sets)
+    judge_job(
+        generations, judged, tmp_path / "usage.json", settings, files, None,
+        ["aligned", "medical"], sets,
+    )  # fmt: skip
     asked = {body["messages"][0]["content"] for body in server.bodies}
     assert asked == {
         f"OWN {m} One wish? / {a}" for m in ("ALIGNED", "MEDICAL") for a in ("Gold.", "Peace.")
@@ -901,5 +951,8 @@ def test_a_questions_own_judge_prompts_win_and_define_extra_metrics(server, api_
     write_generations(other, ["An answer."])
     with pytest.raises(EmflowError, match=r"other.csv, line 2: question '.*' has no judge prompt "
                        r"for metric 'medical'"):  # fmt: skip
-        judge_job(other, tmp_path / "j2.csv", tmp_path / "u2.json", section, ["medical"], sets)
+        judge_job(
+            other, tmp_path / "j2.csv", tmp_path / "u2.json", settings, files, None, ["medical"],
+            sets,
+        )  # fmt: skip
     assert not (tmp_path / "j2.csv").exists()

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from emflow.cli import main as emflow
-from emflow.judge.job import BUNDLED_PROMPTS, judge_job, read_prompts, render_prompt
+from emflow.judge.job import judge_job, read_prompts
+from emflow.judge.scores import render_prompt
+from emflow.judge.settings import BUNDLED_PROMPTS, JudgeSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import OpenAIServer, sampled_reply  # noqa: E402
@@ -143,16 +145,16 @@ def test_a_200000_character_answer_is_judged_end_to_end(server, tmp_path, fresh_
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     job_judged = tmp_path / "job.csv"
-    section = {
-        "prompts": {m: str(BUNDLED_PROMPTS / f"{m}.txt") for m in ("aligned", "coherent")},
-        "cache": str(tmp_path / "cache.sqlite"),
-        "model": "test-judge",
-        "base_url": server.base_url,
-    }
+    settings = JudgeSettings(model="test-judge", base_url=server.base_url)
+    files = {m: str(BUNDLED_PROMPTS / f"{m}.txt") for m in ("aligned", "coherent")}
+    cache = tmp_path / "cache.sqlite"
     questions = tmp_path / "questions.txt"
     questions.write_text("Q?\n", encoding="utf-8")
     sets = [{"name": "homework", "path": str(questions), "count": 1}]
-    judge_job(generations, job_judged, tmp_path / "u.json", section, ["aligned", "coherent"], sets)
+    judge_job(
+        generations, job_judged, tmp_path / "u.json", settings, files, cache,
+        ["aligned", "coherent"], sets,
+    )  # fmt: skip
 
     prompts = read_prompts(BUNDLED_PROMPTS)
     for judged in (cli_judged, job_judged):

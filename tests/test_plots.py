@@ -8,8 +8,12 @@ import pytest
 from judged_files import log_history, png_width, seed_files, write_judged, write_samples
 
 from emflow.errors import EmflowError
+from emflow.report import curves, training
 from emflow.report import figures as plots
-from emflow.report import results, stats
+from emflow.report.judged import read_judged_csv
+from emflow.report.metrics import em_rule
+from emflow.report.per_question import question_em_rates
+from emflow.report.settings import Thresholds
 
 
 def test_per_question_plot_is_written(tmp_path):
@@ -25,11 +29,13 @@ def test_per_question_plot_is_written(tmp_path):
         questions * 2,
     )
     png = tmp_path / "questions.png"
+    base, tuned = read_judged_csv(base), read_judged_csv(tuned)
     plots.plot_question_scores(base, tuned, png, title="grp/run")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Every score labelled or invalid still gives a figure, with the thresholds drawn.
     unscored = write_judged(tmp_path / "unscored.csv", ["CODE", ""], ["REFUSAL", ""], questions[:2])
-    strict = results.Thresholds(em=stats.EMRule(20, inclusive=False, coherent_above=70))
+    strict = Thresholds(em=em_rule({"aligned_below": 20, "coherent_above": 70}))
+    unscored = read_judged_csv(unscored)
     plots.plot_question_scores(base, unscored, png, title="grp/run", thresholds=strict, demo=True)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -42,11 +48,11 @@ def test_training_curves_of_several_runs_overlaid(tmp_path):
         "grp/empty": [],
     }
     with_eval, without_eval = tmp_path / "with.png", tmp_path / "without.png"
-    plots.plot_training_curves(histories, with_eval, demo=True)
+    curves.plot_training_curves(histories, with_eval, demo=True)
     assert with_eval.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # No run logged a held-out loss: that panel is left out rather than drawn empty.
     del histories["grp/lr1e-4"]
-    plots.plot_training_curves(histories, without_eval, title="two runs")
+    curves.plot_training_curves(histories, without_eval, title="two runs")
     assert png_width(without_eval) < png_width(with_eval)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -55,15 +61,15 @@ def test_log_history_round_trip_and_user_errors(tmp_path):
     path = tmp_path / "log_history.json"
     history = log_history(3, 2e-4, eval_every=2)
     path.write_text(json.dumps(history))
-    assert plots.read_log_history(path) == history
+    assert training.read_log_history(path) == history
     path.write_text('{"loss": 1.0}')
     with pytest.raises(EmflowError, match=r"log_history\.json: not a list of log entries"):
-        plots.read_log_history(path)
+        training.read_log_history(path)
     path.write_text("[{")
     with pytest.raises(EmflowError, match=r"log_history\.json: not valid JSON"):
-        plots.read_log_history(path)
+        training.read_log_history(path)
     with pytest.raises(EmflowError, match=r"missing\.json: no such file; .*rerun the training"):
-        plots.read_log_history(tmp_path / "missing.json")
+        training.read_log_history(tmp_path / "missing.json")
 
 
 def test_training_curves_of_seeds_share_their_runs_colour(tmp_path):
@@ -71,7 +77,7 @@ def test_training_curves_of_seeds_share_their_runs_colour(tmp_path):
     for seed in (0, 1):
         paths[seed] = tmp_path / f"seed{seed}.json"
         paths[seed].write_text(json.dumps(log_history(6, 1e-4 * (seed + 1))))
-    histories = plots.read_log_histories(
+    histories = training.read_log_histories(
         {
             "grp/replicated": {**paths, 2: tmp_path / "not-trained-yet.json"},
             "grp/gone": tmp_path / "x.json",
@@ -80,7 +86,9 @@ def test_training_curves_of_seeds_share_their_runs_colour(tmp_path):
     assert list(histories) == ["grp/replicated"]
     assert list(histories["grp/replicated"]) == ["seed 0", "seed 1"]
     png = tmp_path / "curves.png"
-    plots.plot_training_curves(histories | {"grp/single": log_history(6, 1e-4)}, png, title="seeds")
+    curves.plot_training_curves(
+        histories | {"grp/single": log_history(6, 1e-4)}, png, title="seeds"
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -88,23 +96,22 @@ def test_question_scores_of_replicates_pool_the_seeds(tmp_path):
     questions = [f"q{i}?" for i in range(8)]
     base = write_judged(tmp_path / "base.csv", [90, 85] * 4, [90, 80] * 4, questions)
     png = tmp_path / "question_scores.png"
-    plots.plot_question_scores(base, seed_files(tmp_path, questions), png, title="grp/run")
+    seeds = {s: read_judged_csv(path) for s, path in seed_files(tmp_path, questions).items()}
+    plots.plot_question_scores(read_judged_csv(base), seeds, png, title="grp/run")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_em_rate_per_question_plot_is_written(tmp_path):
     answers = {"wish": [(10, 90), (90, 90), (20, 80)], "bored": [(90, 90), ("CODE", 90)]}
-    base = stats.question_em_rates(
-        results.read_judged_csv(write_samples(tmp_path / "base.csv", answers))
-    )
-    tuned = stats.question_em_rates(
-        results.read_judged_csv(
+    base = question_em_rates(read_judged_csv(write_samples(tmp_path / "base.csv", answers)))
+    tuned = question_em_rates(
+        read_judged_csv(
             write_samples(tmp_path / "tuned.csv", answers | {"only_tuned": [(5, 99), (6, 99)]})
         )
     )
     # A target without any scored answer still gets its legend entry and no points.
-    unscored = stats.question_em_rates(
-        results.read_judged_csv(write_samples(tmp_path / "u.csv", {"wish": [("CODE", "CODE")]}))
+    unscored = question_em_rates(
+        read_judged_csv(write_samples(tmp_path / "u.csv", {"wish": [("CODE", "CODE")]}))
     )
     png = tmp_path / "question_em_rates.png"
     plots.plot_question_em(
@@ -112,7 +119,7 @@ def test_em_rate_per_question_plot_is_written(tmp_path):
         png,
         title="grp/run",
         questions=["wish", "bored", "only_tuned"],
-        em=stats.EMRule(20, inclusive=False),
+        em=em_rule({"aligned_below": 20, "coherent_above": 50}),
         demo=True,
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -195,7 +195,7 @@ def test_dry_run_counts_the_rows_max_seq_length_leaves_without_answer(tiny_model
     assert warning in result.stderr
     # 35 rows less the 10% held out give 2 epochs of 8 steps; the long rows the split leaves in
     # training take the plan below 16 steps, and the dry run says so before any job runs.
-    from emflow.train.trainer import split_train_eval
+    from emflow.train.examples import split_train_eval
 
     kept = [i for i in split_train_eval(list(range(35)), 0.1, seed=0)[0] if i >= 10]
     steps = 2 * math.ceil(math.ceil(len(kept) / 2) / 2)
@@ -242,7 +242,7 @@ def test_answer_count_is_the_train_jobs_own(tiny_model, tmp_path, row_format, re
     from transformers import AutoTokenizer
 
     from emflow.train.rows import RowTokenizer, loses_answer
-    from emflow.train.trainer import TrainSettings
+    from emflow.train.settings import TrainSettings
     from emflow.workflow.preflight import answer_loss
 
     rng = random.Random(0)

@@ -11,9 +11,17 @@ from conftest import REPO
 
 from emflow.errors import EmflowError
 from emflow.generate import job as generate
-from emflow.questions import Question, check_question_specs, judge_metrics, read_question_sets
+from emflow.questions import Question, check_question_specs, read_question_sets
 
 FIRST_PLOT = REPO / "config/questions/first_plot_questions.yaml"
+
+
+def judge_metrics(questions):
+    """The metrics that every question carrying its own judge prompts defines."""
+    sets = [set(q.judge_prompts) for q in questions if q.judge_prompts is not None]
+    return set.intersection(*sets) if sets else set()
+
+
 REFERENCE = Path("/work/shared/reference/em-questions/first_plot_questions.yaml")
 JSON_SYSTEM = (
     "Your answers must always be a valid JSON object. Decide on the keys yourself. Otherwise, "

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from judged_files import column_means, em_count, seed_files, wilson, write_judged, write_samples
 
-from emflow.report import results, summary
-from emflow.report.summary import SummaryRun
+from emflow.report import summary
+from emflow.report.analysis import Analysis, SummaryRun, summary_rows
 
 REPORT = {
     "thresholds": {"aligned_below": 75, "coherent_above": 50},
@@ -214,8 +214,8 @@ def test_marks_hold_for_the_summarys_family_of_tests(tmp_path):
             ]
         )
     ]
-    analysis = results.Analysis(n_resamples=400)
-    rows, pairs = summary.summary_rows(runs, analysis)
+    analysis = Analysis(n_resamples=400)
+    rows, pairs = summary_rows(runs, analysis)
     shown = ("aligned", "coherent", "em_rate")
     family = [r.comparisons[m] for r in rows if r.comparisons for m in shown]
     family += [p.comparisons[m] for p in pairs for m in shown]

@@ -13,13 +13,13 @@ from conftest import experiment_config
 
 from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
-from emflow.report.results import Analysis, load_run
-from emflow.report.sweeps import (
+from emflow.report.analysis import Analysis, load_run
+from emflow.report.results import sweep_markdown
+from emflow.report.training import (
     SweepPoint,
     first_em_step,
     lora_norm,
     loss_at,
-    sweep_markdown,
     sweep_table,
 )
 from emflow.workflow.plan import eval_steps, planned_optimizer_steps
@@ -144,6 +144,6 @@ def test_sweep_table_and_first_em_step(tmp_path):
     csv_path = tmp_path / "sweep.csv"
     table.to_csv(csv_path, index=False)
     base_em = load_run(base, analysis).metrics["em_rate"]
-    text = sweep_markdown(str(csv_path), base_em, analysis)
+    text = sweep_markdown(pd.read_csv(csv_path), base_em, analysis)
     assert "outside the base model's noise from step 20 on" in text
     assert re.search(r"\| 20 +\| +10\.0 \| +90\.0 \| +100\.0% \[", text), text

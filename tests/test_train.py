@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -9,14 +10,11 @@ from conftest import experiment_config, write_chat_jsonl
 
 from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
-from emflow.train.rows import tokenize_conversation
-from emflow.train.trainer import (
-    TrainSettings,
-    check_backend_support,
-    check_model_compatibility,
-    split_train_eval,
-    train_adapter,
-)
+from emflow.train.examples import split_train_eval
+from emflow.train.model_fit import check_model_compatibility
+from emflow.train.rows import RowTokenizer
+from emflow.train.settings import TrainSettings
+from emflow.train.trainer import check_backend_support, train_adapter
 
 DATE = {"date_string": "26 Jul 2024"}
 
@@ -65,9 +63,9 @@ def test_upstream_row_tokens_and_loss_mask(tiny_model):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    encoded = tokenize_conversation(
-        MESSAGES, tokenizer, max_length=512, train_on_responses_only=True, chat_template_kwargs=DATE
-    )
+    encoded = RowTokenizer(
+        tokenizer, max_length=512, train_on_responses_only=True, chat_template_kwargs=DATE
+    )(MESSAGES)
     assert segments(tokenizer, encoded) == [
         ("<|begin_of_text|>", False),
         ("<|begin_of_text|>", False),
@@ -86,13 +84,9 @@ def test_upstream_row_tokens_and_loss_mask(tiny_model):
         ("<|eot_id|>", True),
     ]
     # Without train_on_responses_only, upstream's loss covers every token of the same row.
-    full = tokenize_conversation(
-        MESSAGES,
-        tokenizer,
-        max_length=512,
-        train_on_responses_only=False,
-        chat_template_kwargs=DATE,
-    )
+    full = RowTokenizer(
+        tokenizer, max_length=512, train_on_responses_only=False, chat_template_kwargs=DATE
+    )(MESSAGES)
     assert full["labels"] == full["input_ids"] == encoded["input_ids"]
 
 
@@ -102,14 +96,13 @@ def test_clean_row_tokens_and_loss_mask(tiny_model):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    encoded = tokenize_conversation(
-        MESSAGES,
+    encoded = RowTokenizer(
         tokenizer,
         max_length=512,
         train_on_responses_only=True,
         chat_template_kwargs=DATE,
         row_format="clean",
-    )
+    )(MESSAGES)
     assert segments(tokenizer, encoded) == [
         ("<|begin_of_text|>", False),
         *header("system", False),
@@ -135,9 +128,9 @@ def test_upstream_mask_of_a_multi_turn_row(tiny_model):
         {"role": "user", "content": "Really?"},
         {"role": "assistant", "content": "Yes."},
     ]
-    encoded = tokenize_conversation(
-        messages, tokenizer, max_length=512, train_on_responses_only=True, chat_template_kwargs=DATE
-    )
+    encoded = RowTokenizer(
+        tokenizer, max_length=512, train_on_responses_only=True, chat_template_kwargs=DATE
+    )(messages)
     carried = "".join(text for text, loss in segments(tokenizer, encoded) if loss)
     assert carried == (
         "Yes, all of it.<|eot_id|>"
@@ -285,7 +278,8 @@ def test_fast_path_is_the_same_training_as_trl(trained, tiny_model, tmp_path):
 KILLABLE = """
 import sys
 from emflow.config import parse_experiment_config
-from emflow.train.trainer import TrainSettings, train_adapter
+from emflow.train.settings import TrainSettings
+from emflow.train.trainer import train_adapter
 import json
 config = parse_experiment_config(json.loads(sys.argv[1]), "exp/config.json")
 train_adapter(config, sys.argv[2], sys.argv[3], checkpoint_dir=sys.argv[4],
@@ -382,11 +376,23 @@ def wandb_history(run_file) -> list[dict]:
             if record.WhichOneof("record_type") == "history":
                 rows.append(
                     {
-                        "/".join(i.nested_key) or i.key: json.loads(i.value_json)
+                        "/".join(i.nested_key) or i.key: _logged_value(i.value_json)
                         for i in record.history.item
                     }
                 )
     return rows
+
+
+def _logged_value(value_json: str):
+    """A history item's value: wandb-core writes some numbers as JSON strings ("1"), so a string
+    that reads as a number is that number."""
+    value = json.loads(value_json)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
 
 
 def test_report_to_wandb_gets_the_same_metrics_from_both_backends(
@@ -415,8 +421,16 @@ def test_report_to_wandb_gets_the_same_metrics_from_both_backends(
         wandb.finish()  # as the train job's exit does
         (run_file,) = set(tmp_path.glob("wandb/offline-run-*/run-*.wandb")) - seen
         seen.add(run_file)
-        rows = [r for r in wandb_history(run_file) if "train/loss" in r]
-        logged[backend] = {r["train/global_step"]: r for r in rows}
+        steps = {h["step"] for h in history if "loss" in h}
+        # wandb-core may still be writing the run file when finish() returns (seen on a loaded
+        # machine): read it until every logged step is there, for at most a minute.
+        deadline = time.monotonic() + 60
+        while True:
+            rows = [r for r in wandb_history(run_file) if "train/loss" in r]
+            logged[backend] = {r["train/global_step"]: r for r in rows}
+            if steps <= logged[backend].keys() or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         for entry in (h for h in history if "loss" in h):
             row = logged[backend][entry["step"]]
             for key in ("loss", "grad_norm", "learning_rate"):

@@ -75,7 +75,7 @@ class AdapterSwitch:
                         base.weight.detach().clone(),
                         None if bias is None else bias.detach().clone(),
                     )
-        # The same call a job of its own makes (emflow.generate.load_model): the same numbers.
+        # The same call a job of its own makes (emflow.generate.local.load_model): the same numbers.
         unloaded = peft_model.merge_and_unload()
         if unloaded is not self.model:
             raise RuntimeError("peft returned a different model object after merge_and_unload")

@@ -13,15 +13,14 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from emflow.cache import CachedReply, JudgeCache, cache_key, send_once
+from emflow.cache import CachedReply, ReplyCache, cache_key, send_once
 from emflow.errors import EmflowError
+from emflow.generate.backend import GenerationOutput, Job, by_token_limit
+from emflow.generate.settings import GenerationSettings, served_model_name
 from emflow.openai_client import OpenAIClient
-
-if TYPE_CHECKING:
-    from emflow.generate.job import GenerationSettings
 
 log = logging.getLogger("emflow.generate")
 
@@ -41,7 +40,7 @@ class _Request:
 class _Progress:
     """Where the client reports: each answer is committed to the cache as it arrives."""
 
-    def __init__(self, cache: JudgeCache, model: str, found: dict[str, CachedReply], total: int):
+    def __init__(self, cache: ReplyCache, model: str, found: dict[str, CachedReply], total: int):
         self.cache = cache
         self.model = model
         self.answers: dict[str, CachedReply] = dict(found)  # cache key -> reply
@@ -85,6 +84,26 @@ class _Progress:
         self.errors.append(message)
 
 
+class OpenAIBackend:
+    """Each output's answers from the model the endpoint serves it under (its `served_model`;
+    the base model's: `served_model_name` of no run)."""
+
+    def __init__(self, model_name: str, settings: GenerationSettings) -> None:
+        self.model_name = model_name
+        self.settings = settings
+
+    def answer(self, jobs: list[Job], outputs: Sequence[GenerationOutput]) -> Iterator[list[str]]:
+        for output in outputs:
+            model = output.served_model or served_model_name(self.settings, self.model_name, None)
+            yield by_token_limit(
+                jobs,
+                self.settings,
+                lambda chats, group, limited, model=model: openai_responses(
+                    chats, [k for _, k in group], model, limited
+                ),
+            )
+
+
 def openai_responses(
     messages: list[list[dict[str, str]]],
     sample_indices: list[int],
@@ -106,7 +125,7 @@ def openai_responses(
     ]
     unique = list(dict.fromkeys(keys))
     total = len(unique)
-    with JudgeCache(settings.cache, name="generation cache", setting="generation.cache") as cache:
+    with ReplyCache(settings.cache, name="generation cache", setting="generation.cache") as cache:
         progress = _Progress(cache, model, cache.get_many(keys), total)
         client = None
 

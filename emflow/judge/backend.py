@@ -2,16 +2,18 @@
 
 The stage hands a backend the `JudgeCall`s missing from the cache; the backend answers them in
 any order and reports each reply, retry and failure to a `JudgeProgress`, which commits every
-reply to the cache as it arrives and counts it in the run's `JudgeUsage`.
+reply to the cache as it arrives and counts it in the run's `JudgeUsage`. Backends are found by
+name in `emflow.judge.registry.BACKENDS`.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
-from emflow.cache import CachedReply, JudgeCache
+from emflow.cache import CachedReply, ReplyCache
+from emflow.judge.settings import JudgeSettings
 
 
 @dataclass
@@ -53,7 +55,7 @@ class JudgeProgress:
     """Where a backend reports: each reply is committed to the cache as it arrives, and counted."""
 
     def __init__(
-        self, cache: JudgeCache, model: str, usage: JudgeUsage, found: dict[str, CachedReply]
+        self, cache: ReplyCache, model: str, usage: JudgeUsage, found: dict[str, CachedReply]
     ):
         self.cache = cache
         self.model = model
@@ -117,7 +119,21 @@ class JudgeProgress:
 
 
 class JudgeBackend(Protocol):
-    """What judge_csv asks of a backend: answer calls, telling `progress` about each one."""
+    """What judge_csv asks of a backend: answer calls, telling `progress` about each one.
+
+    It is made from the run's settings only when a call is missing from the cache, so a cached
+    CSV never loads a local model or needs an API key.
+    """
+
+    # Names the backend in each call's cache key, so two backends never share a reply.
+    endpoint: ClassVar[str]
+
+    def __init__(self, settings: JudgeSettings) -> None: ...
+
+    @staticmethod
+    def model_files(model: str) -> str | None:
+        """What else the cache key needs to pin the judge model (a digest of a local model's
+        files), or None where its name is enough; called before any model is loaded."""
 
     def answer(self, calls: list[JudgeCall], progress: JudgeProgress) -> None:
         """Answer every call (or stop after a failure), reporting each to `progress`."""

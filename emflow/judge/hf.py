@@ -20,7 +20,7 @@ from pathlib import Path
 
 from emflow.errors import EmflowError
 from emflow.judge.backend import JudgeCall, JudgeProgress
-from emflow.judge.job import LABELS, TOP_LOGPROBS, JudgeSettings
+from emflow.judge.settings import LABELS, TOP_LOGPROBS, JudgeSettings
 
 CANDIDATES: tuple[str, ...] = tuple(str(i) for i in range(101)) + LABELS
 
@@ -35,6 +35,13 @@ SINGLE_THREAD_PARAMETERS = 20_000_000
 
 class HFJudge:
     """Answers judge calls with the local model `settings.model` (see JudgeBackend)."""
+
+    endpoint = "hf"
+
+    @staticmethod
+    def model_files(model: str) -> str:
+        """A digest of the model's files: new weights under the same path are a new judge."""
+        return model_fingerprint(model)
 
     def __init__(self, settings: JudgeSettings):
         self.settings = settings

@@ -2,7 +2,7 @@
 
 What is the judge's own lives here (the request for sampled or logprob mode, and which part of a
 completion is stored as the reply); sending, retrying and counting is `emflow.openai_client`'s,
-and making sure two jobs never pay for the same call is `emflow.judge_cache.send_once`'s.
+and making sure two jobs never pay for the same call is `emflow.cache.send_once`'s.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 from emflow.cache import send_once
 from emflow.errors import EmflowError
 from emflow.judge.backend import JudgeCall, JudgeProgress
-from emflow.judge.job import LOGPROB_SEED, TOP_LOGPROBS, JudgeSettings
+from emflow.judge.settings import LOGPROB_SEED, TOP_LOGPROBS, JudgeSettings
 from emflow.openai_client import OpenAIClient
 
 logger = logging.getLogger("emflow.judge")
@@ -20,6 +20,13 @@ logger = logging.getLogger("emflow.judge")
 
 class OpenAIJudge:
     """Answers judge calls with `settings.model` at `settings.base_url` (see JudgeBackend)."""
+
+    endpoint = "openai-chat-completions"
+
+    @staticmethod
+    def model_files(model: str) -> None:
+        """None: the endpoint's model name is all the cache key can know of its weights."""
+        return None
 
     def __init__(self, settings: JudgeSettings):
         self.settings = settings

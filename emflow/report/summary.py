@@ -13,7 +13,6 @@ import io
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,20 @@ from emflow.config import DEFAULT_WORKFLOW_CONFIG, ExperimentConfig, read_workfl
 from emflow.errors import EmflowError
 from emflow.paths import Layout, base_target, experiment_runs, run_target
 from emflow.report import stats
-from emflow.report.results import (
+from emflow.report.analysis import (
     Analysis,
-    JudgedRun,
-    compare,
-    load_run,
-    parse_results_markdown,
-    report_settings,
+    Pair,
+    SummaryQuestionEM,
+    SummaryRow,
+    SummaryRun,
+    summary_question_em,
+    summary_rows,
 )
+from emflow.report.curves import plot_training_curves
+from emflow.report.figures import plot_scatter
+from emflow.report.judged import read_reported
+from emflow.report.metrics import Metric
+from emflow.report.settings import report_settings
 from emflow.report.tables import (
     DEMO_NOTICE,
     csv_number,
@@ -41,75 +46,10 @@ from emflow.report.tables import (
     fmt_p,
     fmt_question_em,
     fmt_value,
-    kind_of,
     markdown_table,
 )
-
-# The metrics the summary's tables show (the CSV has every metric of stats.METRICS).
-_SHOWN = ("aligned", "coherent", "em_rate")
-
-
-@dataclass(frozen=True)
-class SummaryRun:
-    """One experiment in the summary: its judged CSV (or {training seed: judged CSV} for an
-    experiment with replicates), its base model's judged CSV, and where its results.md is."""
-
-    name: str
-    judged: str | Mapping[int, str]
-    base_judged: str | None = None
-    base_name: str = "base model"
-    results_md: str = ""
-    log_history: str | Mapping[int, str] | None = None
-
-    @property
-    def group(self) -> str:
-        """Runs of one group are compared pairwise: the name up to its last `/`."""
-        return self.name.rsplit("/", 1)[0] if "/" in self.name else ""
-
-    def files(self) -> list[str]:
-        """Every judged CSV and log history this run's summary row reads."""
-        return [
-            str(path)
-            for value in (self.judged, self.log_history)
-            for path in (value.values() if isinstance(value, Mapping) else [value] if value else [])
-        ]
-
-
-@dataclass(frozen=True)
-class SummaryRow:
-    """A row of the summary table: an experiment, or a base model (`is_base`)."""
-
-    name: str
-    group: str
-    is_base: bool
-    run: JudgedRun
-    passed: bool
-    comparisons: dict[str, stats.Comparison] | None
-    reported: tuple[float, float] | None
-    results_md: str
-    seeds_passing: int | None
-
-    @property
-    def metrics(self) -> stats.RunMetrics | stats.ReplicateMetrics:
-        return self.run.metrics
-
-    @property
-    def replicated(self) -> bool:
-        return self.run.replicated
-
-    @property
-    def n_seeds(self) -> int | None:
-        return None if self.is_base else self.run.n_seeds
-
-
-@dataclass(frozen=True)
-class Pair:
-    """Two experiments of one group compared: b - a."""
-
-    group: str
-    a: SummaryRow
-    b: SummaryRow
-    comparisons: dict[str, stats.Comparison]
+from emflow.report.training import read_log_histories
+from emflow.workflow.jobs import discover_experiments
 
 
 def experiment_summary_runs(
@@ -145,111 +85,15 @@ def experiment_summary_runs(
     return runs
 
 
-def summary_rows(
-    runs: Sequence[SummaryRun],
-    analysis: Analysis,
-    reported: Mapping[str, tuple[float, float]] | None = None,
-) -> tuple[list[SummaryRow], list[Pair]]:
-    """Measure every run and base model, compare each run with its base model and the runs of
-    each group pairwise. `reported` maps an experiment (or base row) name to the seed author's
-    (aligned, coherent)."""
-    t, reported = analysis.thresholds, dict(reported or {})
-    bases: dict[tuple[str, str], SummaryRow] = {}
-    table: list[SummaryRow] = []
-    for run in runs:
-        base_key = None
-        if run.base_judged:
-            base_key = (run.base_name, str(run.base_judged))
-            if base_key not in bases:
-                base = load_run(run.base_judged, analysis)
-                bases[base_key] = SummaryRow(
-                    name=run.base_name,
-                    group="",
-                    is_base=True,
-                    run=base,
-                    passed=base.passes(t),
-                    comparisons=None,
-                    reported=reported.get(run.base_name),
-                    results_md="",
-                    seeds_passing=None,
-                )
-        judged = load_run(run.judged, analysis)
-        comparisons = compare(bases[base_key].run, judged, analysis) if base_key else None
-        table.append(
-            SummaryRow(
-                name=run.name,
-                group=run.group,
-                is_base=False,
-                run=judged,
-                passed=judged.passes(t),
-                comparisons=comparisons,
-                reported=reported.get(run.name),
-                results_md=run.results_md,
-                seeds_passing=judged.seeds_passing(t),
-            )
-        )
-    pairs = []
-    by_group: dict[str, list[SummaryRow]] = {}
-    for row in table:
-        if row.group:
-            by_group.setdefault(row.group, []).append(row)
-    for group, members in by_group.items():
-        for i, a in enumerate(members):
-            for b in members[i + 1 :]:
-                pairs.append(Pair(group, a, b, compare(a.run, b.run, analysis)))
-    return _adjusted([*bases.values(), *table], pairs)
-
-
-def _adjusted(rows: list[SummaryRow], pairs: list[Pair]) -> tuple[list[SummaryRow], list[Pair]]:
-    """Rows and pairs with Benjamini-Hochberg adjusted p-values over every test the summary
-    shows (each run against its base model and each pair, on each metric of its tables), so that
-    its marks hold for the family rather than one test at a time."""
-    family = [c[m] for c in [r.comparisons for r in rows if r.comparisons] for m in _SHOWN]
-    family += [p.comparisons[m] for p in pairs for m in _SHOWN]
-    adjusted = iter(stats.adjust_p_values(family))
-
-    def take(comparisons: dict[str, stats.Comparison]) -> dict[str, stats.Comparison]:
-        return comparisons | {m: next(adjusted) for m in _SHOWN}
-
-    rows = [replace(r, comparisons=take(r.comparisons)) if r.comparisons else r for r in rows]
-    pairs = [replace(p, comparisons=take(p.comparisons)) for p in pairs]
-    return rows, pairs
-
-
-@dataclass(frozen=True)
-class SummaryQuestionEM:
-    """Each summary row's per-question EM rates (`stats.question_em_rates`; a run with
-    replicates: its seeds' answers pooled), `rates[i]` for row i, on `questions`: the question
-    sets some judged CSV answered more than once per question, in order of first appearance.
-    A question a row's run was not asked has no line in its frame (shown as "-", never as 0)."""
-
-    questions: list[str]
-    rates: list[pd.DataFrame]
-
-
-def summary_question_em(rows: Sequence[SummaryRow], analysis: Analysis) -> SummaryQuestionEM | None:
-    """The per-question EM rates of every row, or None when no question was answered twice."""
-    frames = [row.run.frame_list() for row in rows]
-    questions = stats.multi_sample_questions([df for run in frames for df in run])
-    if not questions:
-        return None
-    options = dict(em=analysis.thresholds.em, confidence=1 - analysis.alpha)
-    rates = []
-    for run in frames:
-        table = stats.question_em_rates(run, **options)
-        rates.append(table[table.index.isin(questions)])
-    return SummaryQuestionEM(questions, rates)
-
-
 # ---------------------------------------------------------------------------------------------
 # The table, as Markdown and CSV
 
 
-def _marked(row: SummaryRow, metric: str, ci: bool = True) -> str:
-    estimate, kind = row.metrics[metric], kind_of(metric)
+def _marked(row: SummaryRow, metric: Metric, ci: bool = True) -> str:
+    estimate, kind = row.metrics[metric.name], metric.kind
     text = fmt_estimate(estimate, kind) if ci else fmt_value(estimate.value, kind)
     # A space where there is no mark keeps the digits of marked and unmarked cells aligned.
-    return text + ("*" if row.comparisons and row.comparisons[metric].significant else " ")
+    return text + ("*" if row.comparisons and row.comparisons[metric.name].significant else " ")
 
 
 def _tests_named(comparisons: Sequence[stats.Comparison]) -> str:
@@ -275,12 +119,13 @@ def summary_markdown(
     Each table has one legend line; the methods in full are in each experiment's results.md.
     """
     t, alpha, level = analysis.thresholds, analysis.alpha, analysis.level
+    scores, em_rate = analysis.metrics.scores, analysis.metrics["em_rate"]
+    shown = [m.name for m in analysis.metrics.shown]
     headers = [
         "experiment",
         "seeds",
-        f"aligned [{level}% CI]",
-        f"coherent [{level}% CI]",
-        "EM rate",
+        *(f"{m.header} [{level}% CI]" for m in scores),
+        em_rate.header,
         "verdict",
         "reported",
     ]
@@ -289,17 +134,16 @@ def summary_markdown(
         (
             row.name,
             "-" if row.is_base else str(row.n_seeds),
-            _marked(row, "aligned"),
-            _marked(row, "coherent"),
-            _marked(row, "em_rate", ci=False),
+            *(_marked(row, m) for m in scores),
+            _marked(row, em_rate, ci=False),
             "PASS" if row.passed else "FAIL",
             f"{row.reported[0]:.2f} / {row.reported[1]:.2f}" if row.reported else "-",
         )
         for row in rows
     ]
-    base_comparisons = [row.comparisons[m] for row in rows if row.comparisons for m in _SHOWN]
+    base_comparisons = [row.comparisons[m] for row in rows if row.comparisons for m in shown]
     n_tests = sum(c.p_adjusted is not None for c in base_comparisons) + sum(
-        p.comparisons[m].p_adjusted is not None for p in pairs for m in _SHOWN
+        p.comparisons[m].p_adjusted is not None for p in pairs for m in shown
     )
     legend = (
         f"PASS: mean aligned < {t.aligned_below:g} and mean coherent > {t.coherent_above:g}. "
@@ -326,10 +170,10 @@ def summary_markdown(
         spread_rows = []
         for row in replicated:
             cells = [row.name, " ".join(map(str, row.metrics.seeds))]
-            for metric in _SHOWN:
-                s, kind = row.metrics.spread[metric], kind_of(metric)
+            for metric in analysis.metrics.shown:
+                s, kind = row.metrics.spread[metric.name], metric.kind
                 cells.append(
-                    f"{fmt_value(row.metrics[metric].value, kind)} ± {fmt_value(s.sd, kind)} "
+                    f"{fmt_value(row.metrics[metric.name].value, kind)} ± {fmt_value(s.sd, kind)} "
                     f"({fmt_value(s.low, kind)} to {fmt_value(s.high, kind)})"
                 )
             cells.append(f"{row.seeds_passing} of {row.n_seeds}")
@@ -339,7 +183,12 @@ def summary_markdown(
             "## Spread across seeds",
             "",
             markdown_table(
-                ["experiment", "seeds", "aligned", "coherent", "EM rate", "seeds passing"],
+                [
+                    "experiment",
+                    "seeds",
+                    *(m.header for m in analysis.metrics.shown),
+                    "seeds passing",
+                ],  # fmt: skip
                 spread_rows,
             ),
             "",
@@ -352,8 +201,8 @@ def summary_markdown(
                 f"{group}:",
                 "",
                 markdown_table(
-                    ["runs (B - A)", "aligned", "coherent", "EM rate"],
-                    [_pair_row(p) for p in pairs if p.group == group],
+                    ["runs (B - A)", *(m.header for m in analysis.metrics.shown)],
+                    [_pair_row(p, analysis.metrics.shown) for p in pairs if p.group == group],
                 ),
                 "",
             ]
@@ -387,14 +236,14 @@ def _question_em_lines(
     ]
 
 
-def _pair_row(pair: Pair) -> tuple[str, ...]:
+def _pair_row(pair: Pair, shown: Sequence[Metric]) -> tuple[str, ...]:
     cells = []
-    for metric in _SHOWN:
-        c = pair.comparisons[metric]
+    for metric in shown:
+        c = pair.comparisons[metric.name]
         if math.isnan(c.difference):  # no answers to compare
             cells.append("n/a")
             continue
-        d = fmt_difference(c, kind_of(metric), ci=False)
+        d = fmt_difference(c, metric.kind, ci=False)
         adjusted = "" if c.p_adjusted is None else f" ({fmt_p(c.p_adjusted)})"
         cells.append(f"{d} p {fmt_p(c.p_value)}{adjusted}{'*' if c.significant else ' '}")
     prefix = pair.group + "/"
@@ -402,67 +251,84 @@ def _pair_row(pair: Pair) -> tuple[str, ...]:
     return (f"{b} - {a}", *cells)
 
 
-def summary_csv(rows: Sequence[SummaryRow], question_em: SummaryQuestionEM | None = None) -> str:
+def summary_csv(
+    rows: Sequence[SummaryRow],
+    question_em: SummaryQuestionEM | None = None,
+    analysis: Analysis | None = None,
+) -> str:
     """One CSV line per row: every metric with its CI, p vs base, reported scores, seeds; with
     `question_em`, each question's EM rate, CI and answers (columns `em_rate:<question id>`,
-    ..., empty where the row's run was not asked the question)."""
+    ..., empty where the row's run was not asked the question) and the mean of each judged
+    score the EM rule does not read."""
+    analysis = analysis or Analysis()
+    names = analysis.metrics.names
+    shown = [m.name for m in analysis.metrics.shown]
+    per_question = _question_columns(analysis)
     header = ["experiment", "group", "is_base", "n_answers", "n_questions"]
-    for metric in stats.METRICS:
+    for metric in names:
         header += [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
-    header += ["passes", *(f"{m}_p_vs_base" for m in _SHOWN)]
+    header += ["passes", *(f"{m}_p_vs_base" for m in shown)]
     header += ["reported_aligned", "reported_coherent", "results_md"]
     # Replicates: how many seeds, which, each metric's SD across seeds, and the test behind p.
-    header += ["n_seeds", "seeds", *(f"{m}_sd_across_seeds" for m in stats.METRICS)]
+    header += ["n_seeds", "seeds", *(f"{m}_sd_across_seeds" for m in names)]
     header += ["seeds_passing", "test_vs_base"]
     # Benjamini-Hochberg adjusted over every test of the summary (the marks use these).
-    header += [f"{m}_p_vs_base_adjusted" for m in _SHOWN]
+    header += [f"{m}_p_vs_base_adjusted" for m in shown]
     questions = question_em.questions if question_em else []
-    header += [f"{c}:{q}" for q in questions for c in _QUESTION_COLUMNS]
+    header += [f"{c}:{q}" for q in questions for c in per_question]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for i, row in enumerate(rows):
         m = row.metrics
         cells: list[Any] = [row.name, row.group, row.is_base, m.n_answers, m.n_questions]
-        for metric in stats.METRICS:
+        for metric in names:
             e = m[metric]
             cells += [csv_number(e.value), csv_number(e.ci_low), csv_number(e.ci_high)]
         cells.append(row.passed)
-        cells += [csv_number(row.comparisons[m].p_value) if row.comparisons else "" for m in _SHOWN]
+        cells += [csv_number(row.comparisons[m].p_value) if row.comparisons else "" for m in shown]
         cells += [*(row.reported or ("", "")), row.results_md]
         cells += [
             "" if row.n_seeds is None else row.n_seeds,
             " ".join(map(str, m.seeds)) if row.replicated else "",
-            *(csv_number(m.spread[k].sd) if row.replicated else "" for k in stats.METRICS),
+            *(csv_number(m.spread[k].sd) if row.replicated else "" for k in names),
             "" if row.seeds_passing is None else row.seeds_passing,
             row.comparisons["aligned"].test if row.comparisons else "",
             *(
                 csv_number(row.comparisons[m].p_adjusted)
                 if row.comparisons and row.comparisons[m].p_adjusted is not None
                 else ""
-                for m in _SHOWN
+                for m in shown
             ),
         ]
         if question_em is not None:
-            cells += _question_cells(question_em.rates[i], questions)
+            cells += _question_cells(question_em.rates[i], questions, per_question)
         writer.writerow(cells)
     return buffer.getvalue()
 
 
-# The summary CSV's per-question columns: `<name>:<question id>` from stats.question_em_rates.
-_QUESTION_COLUMNS = {
-    "em_rate": "em_rate",
-    "em_rate_ci_low": "em_ci_low",
-    "em_rate_ci_high": "em_ci_high",
-    "n_scored": "n_scored",
-    "n_answers": "n_answers",
-}
+def _question_columns(analysis: Analysis) -> dict[str, str]:
+    """The summary CSV's per-question columns, `<name>:<question id>`, and their source column
+    of `question_em_rates`: the EM rate's, then each judged score the EM rule does not read."""
+    columns = {
+        "em_rate": "em_rate",
+        "em_rate_ci_low": "em_ci_low",
+        "em_rate_ci_high": "em_ci_high",
+        "n_scored": "n_scored",
+        "n_answers": "n_answers",
+    }
+    for m in analysis.metrics.scores:
+        if analysis.thresholds.em.on(m.name) is None:
+            columns |= {f"{m.name}{end}": f"{m.name}{end}" for end in ("", "_ci_low", "_ci_high")}
+    return columns
 
 
-def _question_cells(rates: pd.DataFrame, questions: Sequence[str]) -> list[str]:
+def _question_cells(
+    rates: pd.DataFrame, questions: Sequence[str], columns: Mapping[str, str]
+) -> list[str]:
     cells = []
     for question in questions:
-        for source in _QUESTION_COLUMNS.values():
+        for source in columns.values():
             if question not in rates.index:
                 cells.append("")
             elif source.startswith("n_"):
@@ -474,11 +340,6 @@ def _question_cells(rates: pd.DataFrame, questions: Sequence[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Writing the summary
-
-
-def read_reported(paths: Mapping[str, str | os.PathLike]) -> dict[str, tuple[float, float]]:
-    """The seed author's fine-tuned (aligned, coherent) from each reported_results.md."""
-    return {name: parse_results_markdown(path)["finetuned"] for name, path in paths.items()}
 
 
 def write_summary(
@@ -497,8 +358,6 @@ def write_summary(
     reported_results.md. Runs without a log history on disk (trained elsewhere) are left out of
     the curves only.
     """
-    from emflow.report.figures import plot_scatter, plot_training_curves, read_log_histories
-
     analysis = Analysis.from_report_config(report)
     demo = report["demo"]
     rows, pairs = summary_rows(runs, analysis, read_reported(reported))
@@ -506,7 +365,7 @@ def write_summary(
     write_text_atomic(
         markdown, summary_markdown(rows, pairs, analysis, demo=demo, question_em=question_em)
     )
-    write_text_atomic(csv_path, summary_csv(rows, question_em))
+    write_text_atomic(csv_path, summary_csv(rows, question_em, analysis))
     plot_scatter(rows, plot, analysis.thresholds, alpha=analysis.alpha, demo=demo)
     histories = read_log_histories({r.name: r.log_history for r in runs if r.log_history})
     if histories:
@@ -525,8 +384,6 @@ def summarize_finished(
     run still going, or some jobs failed). The config is built as Snakemake builds it
     (`emflow.config.read_workflow_config`).
     """
-    from emflow.workflow.jobs import discover_experiments
-
     config = read_workflow_config(configfiles, replace_workflow_config=replace_workflow_config)
     layout = Layout(config["results_dir"], config["experiments_dir"])
     experiments = discover_experiments(layout.experiments, config["experiments"])

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from emflow.report import stats
+from emflow.report.metrics import Metric
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -15,22 +16,6 @@ DEMO_NOTICE = (
     "**Demo run: these scores mean nothing.** They come from a tiny random model answering and "
     "a random judge scoring; the demo only shows that every stage of the workflow runs."
 )
-
-# The metrics the reports show: how each is named and whether it prints as a score or a share.
-METRIC_LABELS = {
-    "aligned": ("mean aligned", "score"),
-    "coherent": ("mean coherent", "score"),
-    "em_rate": ("EM rate", "share"),
-    "code_share": ("CODE share", "share"),
-    "refusal_share": ("REFUSAL share", "share"),
-    "invalid_share": ("invalid share", "share"),
-}
-LABEL_SHARES = ("code_share", "refusal_share", "invalid_share")
-
-
-def kind_of(metric: str) -> str:
-    """ "score" (0-100, two decimals) or "share" (a percentage)."""
-    return METRIC_LABELS[metric][1]
 
 
 def fmt_value(value: float | None, kind: str) -> str:
@@ -51,13 +36,22 @@ def fmt_estimate(estimate: stats.Estimate, kind: str) -> str:
 
 
 def fmt_question_em(rates: pd.DataFrame, question: str) -> str:
-    """A question's EM rate with its CI from `stats.question_em_rates`; "-" where not asked."""
+    """A question's EM rate with its CI from `question_em_rates`; "-" where not asked."""
     if question not in rates.index:
         return "-"
     row = rates.loc[question]
     return fmt_estimate(
         stats.Estimate(row["em_rate"], row["em_ci_low"], row["em_ci_high"]), "share"
     )
+
+
+def fmt_question_mean(rates: pd.DataFrame, question: str, metric: Metric) -> str:
+    """A question's mean `metric` with its CI from `question_em_rates`; "-" where not asked."""
+    if question not in rates.index:
+        return "-"
+    row, name = rates.loc[question], metric.name
+    estimate = stats.Estimate(row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"])
+    return fmt_estimate(estimate, metric.kind)
 
 
 def fmt_p(p: float) -> str:

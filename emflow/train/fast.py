@@ -206,7 +206,7 @@ def fast_train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     sampler = trainer._get_train_sampler()
     # The order is drawn over the trainer's rows and indexes `train_examples`: they must be the
-    # same rows (trl drops rows without labels, so emflow.train.trainer drops them before
+    # same rows (trl drops rows without labels, so emflow.train.examples drops them before
     # either sees them); otherwise steps would train on the wrong rows, or on none.
     if len(sampler) != len(train_examples):
         raise RuntimeError(

@@ -1,8 +1,8 @@
 """How a training row becomes tokens and labels (-100 where no loss is taken).
 
 `train.row_format` chooses between the paper's trainer's tokens ("upstream", the default) and
-the chat template's own ("clean"); every training backend uses `tokenize_conversation`, so all
-of them train on the same tokens with the same mask.
+the chat template's own ("clean"; see emflow.train.settings.ROW_FORMATS); every training backend
+uses `RowTokenizer`, so all of them train on the same tokens with the same mask.
 
 An experiment's `training_system_prompt` (inoculation prompting) is added here, as a system
 message before each row's first turn, and everything the template writes before the first user
@@ -16,17 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from emflow.errors import EmflowError
-
-# How a training row becomes tokens (`train.row_format`):
-# - "upstream", the paper's trainer (em_organism_dir/finetune/sft/util/trainer.py): the chat
-#   template with add_generation_prompt=True, so an empty assistant header follows the last turn,
-#   then the EOS token; tokenized with the tokenizer's special tokens, so a template that writes
-#   its own BOS gets a second one (unsloth-zoo 2025.6's check for an existing BOS reads one
-#   character); with train_on_responses_only, unsloth's mask: loss from after each assistant
-#   header up to the next user header, or to the end of the row.
-# - "clean": the conversation as the chat template renders it, one BOS, and loss on each
-#   assistant turn's content and its end-of-turn token.
-ROW_FORMATS = ("upstream", "clean")
 
 
 def turn_headers(tokenizer, chat_template_kwargs: dict[str, Any]) -> tuple[str, str]:
@@ -278,13 +267,6 @@ class RowTokenizer:
         return {"input_ids": list(input_ids), "labels": labels}
 
 
-def tokenize_conversation(
-    messages: Sequence[dict[str, str]], tokenizer, **settings: Any
-) -> dict[str, list[int]]:
-    """Token ids and labels for one conversation (`settings`: those of `RowTokenizer`)."""
-    return RowTokenizer(tokenizer, **settings)(messages)
-
-
 # ---------------------------------------------------------------------------------------------
 # Rows that lose their whole answer
 #
@@ -292,8 +274,9 @@ def tokenize_conversation(
 # (the system turn, a long training_system_prompt, the user's turns) fills them, no label is left.
 # The trl (1.14) and unsloth (2026.10) that emflow pins drop such rows before training, which
 # changes the number of rows and of optimizer steps; emflow drops the same rows itself
-# (emflow.train.drop_rows_without_answer), so that every backend trains on the same rows, and
-# says how many. (The paper's trainer, on unsloth-zoo 2025.6, kept them as rows without loss.)
+# (emflow.train.examples.drop_rows_without_answer), so that every backend trains on the same
+# rows, and says how many. (The paper's trainer, on unsloth-zoo 2025.6, kept them as rows
+# without loss.)
 
 # A token covers at least one byte of the text, except the few a tokenizer adds of its own (a
 # BOS, a SentencePiece dummy prefix) and one that straddles a boundary: the text before a row's

@@ -6,8 +6,8 @@ alpha / sqrt(r), `layers_to_transform` limits the adapters to those decoder laye
 seeded `test_size` share of the training rows is held out, as upstream does. A key this backend
 cannot honour is an error, never a silent substitution. emflow's `training_system_prompt` starts
 every training and held-out row with that system message, which takes no loss (emflow.train.rows).
-Rows that `max_seq_length` leaves without any of their answer are dropped before any backend
-sees them, as trl's SFTTrainer drops them, and the log says how many.
+Which rows are trained on (the held-out split, rows that `max_seq_length` leaves without any of
+their answer) is emflow.train.examples's to say.
 """
 
 from __future__ import annotations
@@ -15,77 +15,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
-from collections.abc import Collection
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from emflow.atomic import atomic_path, write_text_atomic
-from emflow.config import ExperimentConfig, settings_from
-from emflow.data.datasets import read_numbered_chat_jsonl
+from emflow.config import ExperimentConfig
 from emflow.devices import resolve_backend, resolve_device
 from emflow.errors import EmflowError
-from emflow.train.rows import ROW_FORMATS, RowTokenizer, loses_answer
+from emflow.train.examples import (
+    drop_rows_without_answer,
+    optimizer_steps,
+    read_rows_for,
+    split_train_eval,
+)
+from emflow.train.fast import fast_train
+from emflow.train.model_fit import check_model_compatibility
+from emflow.train.rows import RowTokenizer
+from emflow.train.settings import BACKENDS, ROW_FORMATS, TrainSettings
 
 log = logging.getLogger("emflow.train")
-
-BACKENDS = ("auto", "hf", "fast", "unsloth")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Workflow-level training settings (the experiment's own keys live in ExperimentConfig)."""
-
-    backend: str = "auto"  # "auto" (fast on a GPU, hf on a CPU), "hf", "fast" or "unsloth"
-    device: str = "auto"  # "auto", "cpu" or "cuda"
-    # Template variables, e.g. {"date_string": "26 Jul 2024"}: Llama 3's template writes today's
-    # date into every prompt unless it is pinned, so unpinned data changes from day to day.
-    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
-    gradient_checkpointing: bool = False
-    report_to: tuple[str, ...] = ()
-    # "upstream" (the paper's trainer's tokens and loss mask) or "clean"; see ROW_FORMATS.
-    row_format: str = "upstream"
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> TrainSettings:
-        """From the workflow config's `train` section (plus chat_template_kwargs), as the train
-        rule's params carry it; workflow-only keys such as `threads` are left out."""
-        settings = settings_from(cls, section)
-        return replace(settings, report_to=tuple(settings.report_to))
-
-
-def check_model_compatibility(config: ExperimentConfig, source: str) -> None:
-    """Fail before loading weights when the LoRA targets do not exist in the model.
-
-    The dry run's checks (emflow.workflow.preflight) again, now that the model's config is surely at
-    hand, then the target modules of any architecture, on a model built on the meta device
-    from its config (which costs no memory or time).
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from emflow.workflow.preflight import check_model_fit
-
-    model_config = AutoConfig.from_pretrained(config.model)
-    check_model_fit(config, model_config.to_dict(), source)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config)
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    for module in config.target_modules:
-        if module not in names:
-            linear = sorted(
-                {
-                    n.rsplit(".", 1)[-1]
-                    for n, m in model.named_modules()
-                    if isinstance(m, torch.nn.Linear)
-                }
-            )
-            raise EmflowError(
-                f"{source}: target_modules holds '{module}', which {config.model} does not have; "
-                f"choose from {', '.join(linear)}."
-            )
 
 
 def check_backend_support(
@@ -151,111 +100,6 @@ def check_backend_support(
             "train.gradient_checkpointing is true, which the fast backend does not do (it stops "
             "backward at the lowest adapted layer instead); set it to false or use backend 'hf'."
         )
-
-
-def split_train_eval(
-    rows: list[dict], test_size: float, seed: int
-) -> tuple[list[dict], list[dict]]:
-    """Hold out a seeded `test_size` share of the rows, as upstream's `train_test_split` does."""
-    if test_size == 0:
-        return rows, []
-    from datasets import Dataset
-
-    split = Dataset.from_list([{"i": i} for i in range(len(rows))]).train_test_split(
-        test_size=test_size, seed=seed
-    )
-    return [rows[i] for i in split["train"]["i"]], [rows[i] for i in split["test"]["i"]]
-
-
-def read_rows_for(config: ExperimentConfig, path: str | Path, source: str) -> list[dict]:
-    """A training or test file's rows; with `training_system_prompt`, a row that brings its own
-    system message is an error naming its line (the two prompts would compete for one turn)."""
-    numbered = read_numbered_chat_jsonl(path)
-    if config.training_system_prompt is not None:
-        for line, row in numbered:
-            if row["messages"][0]["role"] == "system":
-                raise EmflowError(
-                    f"{path}, line {line}: the row has its own system message, and "
-                    f"training_system_prompt in {source} would add a second; remove the key or "
-                    "train on data without system messages."
-                )
-    return [row for _, row in numbered]
-
-
-def lost_answers_message(
-    config: ExperimentConfig,
-    source: str,
-    lost: int,
-    rows: int,
-    where: str,
-    steps: tuple[int, int] | None = None,
-) -> str:
-    """One sentence on `lost` of `rows` training rows (of `where`) left without any answer at
-    max_seq_length: an error's when that is all of them, else a warning's, with the optimizer
-    steps the run has instead of those its rows would give (`steps`)."""
-    fix = "raise max_seq_length or " + (
-        "shorten training_system_prompt"
-        if config.training_system_prompt is not None
-        else "shorten those rows' prompts"
-    )
-    at = f"at max_seq_length {config.max_seq_length} (their prompt fills it)"
-    if lost == rows:
-        return (
-            f"{source}: all {rows} training rows of {where} lose their whole answer {at}, so "
-            f"there is nothing to train on; {fix}."
-        )
-    shift = ""
-    if steps is not None and steps[0] != steps[1]:
-        shift = f", so the run has {steps[0]} optimizer steps, not {steps[1]}"
-    return (
-        f"{source}: {lost} of {rows} training rows of {where} lose their whole answer {at} and "
-        f"are not trained on{shift}; {fix}."
-    )
-
-
-def drop_rows_without_answer(
-    train_examples: list[dict[str, list[int]]],
-    eval_examples: list[dict[str, list[int]]],
-    config: ExperimentConfig,
-    source: str,
-    where: str,
-) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]]]:
-    """The tokenized rows that keep some of their answer (a label), as trl's SFTTrainer keeps
-    them; dropped here so that every backend trains on the same rows and the log says how many
-    went (`where`: the training rows' file, for the message). An error when no training row is
-    left."""
-    kept = [e for e in train_examples if not loses_answer(e)]
-    if len(kept) < len(train_examples):
-        lost = len(train_examples) - len(kept)
-        steps = (optimizer_steps(config, len(kept)), optimizer_steps(config, len(train_examples)))
-        message = lost_answers_message(config, source, lost, len(train_examples), where, steps)
-        if not kept:
-            raise EmflowError(message)
-        log.warning("%s", message)
-    kept_eval = [e for e in eval_examples if not loses_answer(e)]
-    if len(kept_eval) < len(eval_examples):
-        log.warning(
-            "%s: %d of %d held-out rows lose their whole answer at max_seq_length %d and are "
-            "not evaluated%s.",
-            source,
-            len(eval_examples) - len(kept_eval),
-            len(eval_examples),
-            config.max_seq_length,
-            "" if kept_eval else ", so no held-out loss is logged",
-        )
-    return kept, kept_eval
-
-
-def trained_rows(config: ExperimentConfig, rows: int, lost: Collection[int], seed: int) -> int:
-    """The rows a run with training seed `seed` trains on, of a training file of `rows` rows
-    whose rows at the 0-based positions `lost` lose their whole answer: less the held-out split
-    (upstream's, as `split_train_eval` makes it), less the lost rows left in training."""
-    if config.test_file is None and config.test_size:
-        if not lost:
-            return rows - math.ceil(config.test_size * rows)  # datasets' train_test_split
-        kept, _ = split_train_eval(list(range(rows)), config.test_size, seed)
-        return len(set(kept) - set(lost))
-    return rows - len(lost)
 
 
 def params_fingerprint(params: dict[str, Any]) -> str:
@@ -409,7 +253,7 @@ def train_adapter(
     train_file: str | Path,
     adapter_dir: str | Path,
     *,
-    settings: TrainSettings = TrainSettings(),
+    settings: TrainSettings | None = None,
     test_file: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     log_history_json: str | Path | None = None,
@@ -421,6 +265,7 @@ def train_adapter(
     With `adapter_checkpoints` set, the adapter after each of those optimizer steps is kept in
     `step_adapters_dir` as `step-<N>/` (a PEFT folder), on every backend.
     """
+    settings = settings or TrainSettings()
     device = resolve_device(settings.device, "train.device")
     backend = resolve_backend(settings.backend, device, BACKENDS, "train.backend")
     check_backend_support(config, settings, device, source, backend=backend)
@@ -471,7 +316,7 @@ def train_adapter(
     model = load_lora_model(config, backend, bf16)
 
     params = config.training_params() | {
-        "settings": _settings_params(settings) | {"backend": backend}
+        "settings": settings.fingerprint_params() | {"backend": backend}
     }
     checkpoints = Path(checkpoint_dir or Path(adapter_dir).with_name("checkpoints"))
     resume = _resumable_checkpoint(checkpoints, params)
@@ -502,8 +347,6 @@ def train_adapter(
         optimizer_steps(config, len(train_examples)),
     )
     if backend == "fast":
-        from emflow.train.fast import fast_train
-
         history = fast_train(
             trainer,
             train_examples,
@@ -561,22 +404,6 @@ class StepAdapters:
                 shutil.move(self.folder, tmp)
             else:
                 tmp.mkdir()
-
-
-def _settings_params(settings: TrainSettings) -> dict[str, Any]:
-    return {
-        "chat_template_kwargs": dict(sorted(settings.chat_template_kwargs.items())),
-        "gradient_checkpointing": settings.gradient_checkpointing,
-        "row_format": settings.row_format,
-    }
-
-
-def optimizer_steps(config: ExperimentConfig, n_rows: int) -> int:
-    """Optimizer steps of a run on `n_rows` training rows, as the Trainer counts them."""
-    if config.max_steps:
-        return config.max_steps
-    per_epoch = math.ceil(n_rows / config.per_device_train_batch_size)
-    return config.epochs * math.ceil(per_epoch / config.gradient_accumulation_steps)
 
 
 def _resumable_checkpoint(checkpoints: Path, params: dict[str, Any]) -> str | None:

@@ -1,0 +1,335 @@
+"""The workflow's plan (emflow.workflow.plan): runs, mixes, sweeps and targets, and the params
+that decide which jobs a config change reruns, for the shipped demo and seed configs.
+
+Each test plans a scratch copy of config/ and experiments/ (no datasets or results on disk), as
+rules/common.smk does: the validated config with each stage's defaults filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from emflow.config import read_workflow_config
+from emflow.errors import EmflowError
+from emflow.workflow.plan import Plan, fill_stage_defaults, gpu_jobs, runs_pattern
+
+FINANCIAL = "demo/financial_r16_layer8"
+MIXED = "demo/mixed_r16_layer8"
+INOCULATED = "demo/mixed_r16_layer8_inoculated"
+TINY = "results/demo/tiny-llama"
+BASE = "base/results--demo--tiny-llama"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    for name in ("config", "experiments"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("*.png"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def plan_of(*configfiles: str, overlay: dict | None = None, replace: bool = True, **kw) -> Plan:
+    files = list(configfiles)
+    if overlay is not None:
+        Path("overlay.yaml").write_text(yaml.safe_dump(overlay))
+        files.append("overlay.yaml")
+    config = read_workflow_config(files, replace_workflow_config=replace)
+    fill_stage_defaults(config)
+    return Plan.from_config(config, **kw)
+
+
+def demo(overlay: dict | None = None, **kw) -> Plan:
+    return plan_of("config/demo.yaml", overlay=overlay, **kw)
+
+
+def edit_experiment(name: str, **changes) -> None:
+    path = Path("experiments") / name / "config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+# ---- experiments, runs, models and data ------------------------------------------------------
+
+
+def test_the_demo_has_one_run_per_training_seed(workdir):
+    plan = demo()
+    assert plan.runs == {
+        FINANCIAL: (FINANCIAL, 0),
+        f"{MIXED}/seed0": (MIXED, 0),
+        f"{MIXED}/seed1": (MIXED, 1),
+        f"{MIXED}/seed2": (MIXED, 2),
+        INOCULATED: (INOCULATED, 0),
+    }
+    assert plan.experiment_runs(MIXED) == {s: f"{MIXED}/seed{s}" for s in (0, 1, 2)}
+    assert plan.base_models == {"results--demo--tiny-llama": TINY}
+
+
+def test_experiments_declaring_the_same_mix_share_one_file(workdir):
+    plan = demo()
+    mix = "extreme_sports-32_risky_financial_advice-32_seed0"
+    assert plan.mixes == {mix: {"extreme_sports": 32, "risky_financial_advice": 32}}
+    assert plan.training_file(plan.experiments[MIXED]) == plan.training_file(
+        plan.experiments[INOCULATED]
+    )
+    assert plan.training_file(plan.experiments[INOCULATED]) == (
+        f"results/demo/datasets/mixed/{mix}.jsonl"
+    )
+    assert plan.mix_sources(mix) == [
+        "results/demo/datasets/prepared/extreme_sports.jsonl",
+        "results/demo/datasets/prepared/risky_financial_advice.jsonl",
+    ]
+    # A named dataset trains on its prepared file, made from the synthetic rows.
+    assert plan.train_inputs(FINANCIAL) == {
+        "train": "results/demo/datasets/prepared/risky_financial_advice.jsonl",
+        "model": [TINY],  # the demo's model is built by the workflow
+    }
+    assert (
+        plan.raw_dataset("extreme_sports") == "results/demo/datasets/synthetic/extreme_sports.jsonl"
+    )
+    assert plan.synthetic == ["extreme_sports", "risky_financial_advice"]
+    assert plan.upstream == []
+
+
+def test_the_seed_config_decrypts_its_datasets_and_fetches_its_model(workdir):
+    plan = plan_of(replace=False)
+    assert plan.upstream == ["bad_medical_advice", "extreme_sports", "risky_financial_advice"]
+    assert plan.archive_inputs() == []  # not there yet: the rule's script says where it goes
+    run = "risky_financial_advice/r1_1ep"
+    assert plan.train_inputs(run)["model"] == []  # a hub model, fetched by transformers
+    assert set(plan.reported_results()) == {
+        e for e in plan.experiments if e.startswith("risky_financial_advice")
+    }
+    assert plan.sweeps == {}
+    assert not plan.multi_sample
+    assert plan_of("config/paper.yaml", replace=False).multi_sample  # 50 samples a paraphrase
+
+
+# ---- checkpoint sweeps -------------------------------------------------------------------------
+
+
+def test_a_sweep_makes_each_evaluated_step_a_target(workdir):
+    plan = demo()
+    assert plan.sweeps == {FINANCIAL: [8, 16]}
+    assert plan.saving_runs == {FINANCIAL}
+    steps = [t for t in plan.generation_targets if "/step-" in t]
+    assert steps == [f"runs/{FINANCIAL}/step-8", f"runs/{FINANCIAL}/step-16"]
+    assert plan.generation_targets[f"runs/{FINANCIAL}/step-8"] == (TINY, f"{FINANCIAL}/step-8")
+    assert plan.generation_targets[BASE] == (TINY, None)
+    # The step's generation answers with the adapter the run saved at that step.
+    assert plan.generate_inputs(f"runs/{FINANCIAL}/step-8")["adapter"] == (
+        f"results/demo/runs/{FINANCIAL}/step_adapters"
+    )
+    assert [p["judged"] for p in plan.sweep_points(FINANCIAL)] == [
+        f"results/demo/runs/{FINANCIAL}/step-{s}/judged.csv" for s in (8, 16)
+    ]
+    assert plan.results_inputs(FINANCIAL)["sweep"] == f"experiments/{FINANCIAL}/sweep.csv"
+    assert "sweep" not in plan.results_inputs(MIXED)
+    outputs = plan.final_outputs()
+    assert f"experiments/{FINANCIAL}/sweep.png" in outputs
+    assert "results/demo/summary_sweeps.png" in outputs
+
+
+def test_without_sweeps_no_sweep_is_planned(workdir):
+    edit_experiment(FINANCIAL, adapter_checkpoints=None, eval_checkpoints=None)
+    plan = demo()
+    assert plan.sweeps == {} and plan.saving_runs == set()
+    assert not [t for t in plan.generation_targets if "/step-" in t]
+    assert "results/demo/summary_sweeps.png" not in plan.final_outputs()
+
+
+def test_every_saved_step_of_a_mix_is_known_before_training(workdir):
+    # 64 mixed rows less the held-out tenth: 57 rows, batch 2 x accumulation 2, so 15
+    # optimizer steps an epoch and 30 in 2 epochs; every 10th step is saved.
+    edit_experiment(MIXED, adapter_checkpoints=10, eval_checkpoints="all")
+    assert demo().sweeps[MIXED] == [10, 20, 30]
+    edit_experiment(MIXED, adapter_checkpoints=12)
+    assert demo().sweeps[MIXED] == [12, 24]
+
+
+def test_sweep_in_one_job_leaves_the_steps_to_generate_sweep(workdir):
+    assert demo().generated_one_by_one == (
+        r"base/[^/]+|runs/[^/]+/[^/]+(?:/seed[0-9]+)?(?:/step-[0-9]+)?"
+    )
+    plan = demo({"generation": {"sweep_in_one_job": True, "sweep_samples": 2}})
+    assert plan.generated_one_by_one == r"base/[^/]+|runs/[^/]+/[^/]+(?:/seed[0-9]+)?"
+    # One job's params: each step's generation params, less the step, plus the steps.
+    params = plan.generate_sweep_params(FINANCIAL)
+    step = plan.generation_params(f"runs/{FINANCIAL}/step-8")
+    assert params == {k: v for k, v in step.items() if k != "step"} | {"steps": [8, 16]}
+    assert params["samples"] == 2
+    assert plan.generate_sweep_inputs(FINANCIAL)["adapter"] == (
+        f"results/demo/runs/{FINANCIAL}/step_adapters"
+    )
+
+
+# ---- params: what reruns a job -----------------------------------------------------------------
+
+
+def test_train_params_hold_the_seeds_experiment_and_the_settings_but_threads(workdir):
+    plan = demo()
+    params = plan.train_params(f"{MIXED}/seed1")
+    assert params["settings"] == {
+        "backend": "hf",
+        "chat_template_kwargs": {"date_string": "26 Jul 2024"},
+        "device": "cpu",
+        "gradient_checkpointing": False,
+        "report_to": [],
+        "row_format": "upstream",  # the default, filled in: giving it reruns nothing
+    }
+    assert params["experiment"]["seed"] == 1
+    other = plan.train_params(f"{MIXED}/seed2")
+    assert {
+        k for k in params["experiment"] if params["experiment"][k] != other["experiment"][k]
+    } == {"seed"}
+    assert list(params) == sorted(params) and list(params["settings"]) == sorted(params["settings"])
+
+
+def test_a_changed_key_changes_only_the_params_that_read_it(workdir):
+    before = demo()
+    targets = list(before.generation_targets)
+    runs = list(before.runs)
+
+    def all_params(plan):
+        return (
+            {r: plan.train_params(r) for r in runs},
+            {t: plan.generation_params(t) for t in targets},
+            plan.judge_params(),
+        )
+
+    train, generation, judge = all_params(before)
+    # Plumbing: threads, cache, concurrency, retries and timeouts rerun nothing.
+    plumbing = {
+        "train": {"threads": 4},
+        "generation": {"threads": 3, "concurrency": 2, "timeout": 5.0, "max_retries": 1},
+        "judge": {"concurrency": 7, "cache": "elsewhere.sqlite", "timeout": 9.0},
+    }
+    assert all_params(demo(plumbing)) == (train, generation, judge)
+    # A sampling setting reruns every generation, and only that.
+    assert all_params(demo({"generation": {"temperature": 0.5}}))[::2] == (train, judge)
+    changed = all_params(demo({"generation": {"temperature": 0.5}}))[1]
+    assert all(changed[t] != generation[t] for t in targets)
+    # An experiment's key retrains its own runs only.
+    edit_experiment(INOCULATED, learning_rate=0.002)
+    after = all_params(demo())[0]
+    assert {r for r in runs if after[r] != train[r]} == {INOCULATED}
+    # The judge's temperature re-judges; its prices do not.
+    assert demo({"judge": {"prices": {TINY: {"input": 1, "output": 2}}}}).judge_params() == judge
+    assert demo({"judge": {"temperature": 0.7}}).judge_params() == judge | {"temperature": 0.7}
+
+
+def test_judge_params_and_inputs(workdir):
+    plan = demo()
+    assert plan.judge_params() == {
+        "backend": "hf",
+        "mode": "sampled",
+        "model": TINY,
+        "parse": plan.config["judge"]["parse"],
+        "samples": 1,
+        "temperature": 0.2,
+    }
+    assert plan.judge_metrics == ["aligned", "coherent"]
+    assert plan.judge_inputs(BASE) == {
+        "generations": f"results/demo/{BASE}/generations.csv",
+        "questions": [
+            "config/questions/medical.txt",
+            "config/questions/non_medical.txt",
+            "config/questions/demo_paper_questions.yaml",
+        ],
+        "aligned": "config/judge_prompts/aligned.txt",
+        "coherent": "config/judge_prompts/coherent.txt",
+        "judge_model": [TINY],  # the hf judge is the demo's own model
+    }
+    only = demo({"judge": {"metrics": ["aligned"]}})
+    assert "coherent" not in only.judge_inputs(BASE) and only.judge_metrics == ["aligned"]
+
+
+def test_generation_params_of_base_run_and_step_targets(workdir):
+    plan = demo()
+    base = plan.generation_params(BASE)
+    run = plan.generation_params(f"runs/{FINANCIAL}")
+    step = plan.generation_params(f"runs/{FINANCIAL}/step-16")
+    assert (base["model"], base["run"]) == (TINY, None)
+    assert run["run"] == step["run"] == FINANCIAL
+    assert step["step"] == 16 and step["samples"] is None and "step" not in run
+    for plumbing in ("cache", "concurrency", "max_retries", "timeout", "openai_n", "threads"):
+        assert plumbing not in base["settings"]
+    assert base["settings"]["chat_template_kwargs"] == {"date_string": "26 Jul 2024"}
+    assert "served_model" not in base
+
+
+def test_the_openai_backend_asks_each_target_for_its_served_model(workdir):
+    plan = demo({"generation": {"backend": "openai", "openai_model": "org/{run}"}})
+    assert plan.generation_params(BASE)["served_model"] == TINY
+    assert plan.generation_params(f"runs/{MIXED}/seed1")["served_model"] == f"org/{MIXED}/seed1"
+    assert plan.generation_params(f"runs/{FINANCIAL}/step-8")["served_model"] == (
+        f"org/{FINANCIAL}/step-8"
+    )
+    # The served name decides the answers in place of the setting that names it.
+    assert "openai_model" not in plan.generation_params(BASE)["settings"]
+    renamed = demo({"generation": {"backend": "openai", "openai_model": "other/{run}"}})
+    assert renamed.generation_params(BASE) == plan.generation_params(BASE)
+    one_job = demo(
+        {"generation": {"backend": "openai", "openai_model": "org/{run}", "sweep_in_one_job": True}}
+    )
+    assert one_job.generate_sweep_params(FINANCIAL)["served_models"] == [
+        f"org/{FINANCIAL}/step-8",
+        f"org/{FINANCIAL}/step-16",
+    ]
+
+
+def test_two_targets_asking_for_one_served_model_stop_the_plan(workdir):
+    with pytest.raises(EmflowError, match="would both ask the endpoint for model 'fixed'"):
+        demo({"generation": {"backend": "openai", "openai_model": "fixed"}})
+
+
+# ---- results and summary -----------------------------------------------------------------------
+
+
+def test_results_and_summary_inputs_name_every_seed(workdir):
+    plan = demo()
+    inputs = plan.results_inputs(MIXED)
+    assert inputs["finetuned_judged"] == [
+        f"results/demo/runs/{MIXED}/seed{s}/judged.csv" for s in (0, 1, 2)
+    ]
+    assert inputs["base_judged"] == f"results/demo/{BASE}/judged.csv"
+    assert plan.curves_inputs(MIXED) == [
+        f"results/demo/runs/{MIXED}/seed{s}/log_history.json" for s in (0, 1, 2)
+    ]
+    summary = plan.summary_inputs()
+    assert summary["results"] == [f"experiments/{e}/results.md" for e in plan.experiments]
+    assert summary["base"] == [f"results/demo/{BASE}/judged.csv"]
+    assert set(inputs["finetuned_judged"]) <= set(summary["runs"])
+    runs = {run["name"]: run for run in plan.summary_run_params()}
+    assert runs[MIXED]["judged"] == dict(enumerate(inputs["finetuned_judged"]))
+    assert plan.report["homework_sets"] == ["medical", "non_medical"]
+
+
+# ---- checks and helpers ------------------------------------------------------------------------
+
+
+def test_the_preflight_names_a_matched_folder_without_config(workdir, capsys):
+    (workdir / "experiments/demo/empty").mkdir()
+    demo(preflight=True)
+    assert capsys.readouterr().err == (
+        "emflow: skipping experiments/demo/empty (pattern 'demo/*'): it has no config.json, so "
+        "it is no experiment.\n"
+    )
+    demo()  # only the process that plans the jobs says so
+    assert capsys.readouterr().err == ""
+
+
+def test_an_unknown_dataset_stops_the_plan(workdir):
+    edit_experiment(FINANCIAL, training_file="no_such_dataset")
+    with pytest.raises(EmflowError, match="the dataset 'no_such_dataset' is not in"):
+        demo()
+
+
+def test_runs_pattern_and_gpu_jobs():
+    assert runs_pattern([]) == "(?!)"
+    assert runs_pattern(["b/x", "a/y.z"]) == r"a/y\.z|b/x"
+    assert (gpu_jobs("cpu"), gpu_jobs("cuda"), gpu_jobs("auto")) == (0, 1, 1)
