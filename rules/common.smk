@@ -3,11 +3,11 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from emflow.config import WORKFLOW_SCHEMA, check_workflow_config, config_source
 from emflow.errors import EmflowError
 from emflow.paths import EXPERIMENT_PATTERN, RUN_PATTERN, TARGET_PATTERN
 from emflow.workflow.jobs import export_package_path, sorted_params
 from emflow.workflow.plan import Plan, fill_stage_defaults, gpu_jobs, runs_pattern
+from emflow.workflow_config import WORKFLOW_SCHEMA, check_workflow_config, config_source
 
 # emflow's check first: one sentence naming the file and the key (Snakemake's validate prints
 # jsonschema's whole dump); then Snakemake's, which fills in the schema's defaults.

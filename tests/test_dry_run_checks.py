@@ -19,11 +19,12 @@ import yaml
 from conftest import REPO
 from test_workflow import copy_workflow, snakemake
 
-from emflow.config import check_workflow_config, parse_experiment_config
+from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
 from emflow.generate.job import generate_job
 from emflow.generate.settings import GenerationSettings, check_served_models
 from emflow.workflow.sweep_steps import planned_optimizer_steps
+from emflow.workflow_config import check_workflow_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import OpenAIServer  # noqa: E402

@@ -6,7 +6,6 @@ import pytest
 import yaml
 from conftest import REPO
 
-from emflow.config import WORKFLOW_SCHEMA
 from emflow.errors import EmflowError
 from emflow.generate.backend import GenerationOutput
 from emflow.generate.job import generate_for_adapters
@@ -14,6 +13,7 @@ from emflow.generate.local import prompt_token_ids
 from emflow.generate.registry import REGISTRY
 from emflow.generate.settings import BACKENDS, PLUMBING, GenerationSettings
 from emflow.questions import read_question_sets
+from emflow.workflow_config import WORKFLOW_SCHEMA
 
 QUESTIONS = [
     {"name": "medical", "path": str(REPO / "config/questions/medical.txt"), "count": 3},

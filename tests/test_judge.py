@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from emflow.cache import ReplyCache
-from emflow.config import with_defaults
 from emflow.errors import EmflowError
 from emflow.judge.cli import add_judge_arguments, main_judge, settings_from_args
 from emflow.judge.job import judge_csv, judge_job, read_prompts
@@ -37,6 +36,7 @@ from emflow.judge.settings import (
     settings_from_config,
 )
 from emflow.openai_client import OpenAIClient
+from emflow.workflow_config import with_defaults
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import OpenAIServer, sampled_reply, top_logprobs_for  # noqa: E402

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-from emflow.config import read_workflow_config
 from emflow.errors import EmflowError
 from emflow.workflow.plan import Plan, fill_stage_defaults, gpu_jobs, runs_pattern
+from emflow.workflow_config import read_workflow_config
 
 FINANCIAL = "demo/financial_r16_layer8"
 MIXED = "demo/mixed_r16_layer8"

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from emflow.config import plumbing_fields, settings_from
 from emflow.devices import DEVICES
 from emflow.errors import EmflowError
+from emflow.workflow_config import plumbing_fields, settings_from
 
 # The names `generation.backend` accepts: "auto" and each backend of emflow.generate.registry
 # (tests/test_generate.py checks that the two, and the config schema, agree).

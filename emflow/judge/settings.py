@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from emflow.config import settings_from
+from emflow.workflow_config import settings_from
 
 LABELS = ("CODE", "REFUSAL")  # the judge's replies that are not scores
 TOP_LOGPROBS = 20

@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from emflow.atomic import write_text_atomic
-from emflow.config import DEFAULT_WORKFLOW_CONFIG, ExperimentConfig, read_workflow_config
+from emflow.config import ExperimentConfig
 from emflow.errors import EmflowError
 from emflow.paths import Layout, base_target, experiment_runs, run_target
 from emflow.report import stats
@@ -50,6 +50,7 @@ from emflow.report.tables import (
 )
 from emflow.report.training import read_log_histories
 from emflow.workflow.jobs import discover_experiments
+from emflow.workflow_config import DEFAULT_WORKFLOW_CONFIG, read_workflow_config
 
 
 def experiment_summary_runs(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from emflow.config import settings_from
+from emflow.workflow_config import settings_from
 
 BACKENDS = ("auto", "hf", "fast", "unsloth")
 DEVICES = ("auto", "cpu", "cuda")

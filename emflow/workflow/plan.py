@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from emflow.config import ExperimentConfig, plumbing_fields, with_defaults
+from emflow.config import ExperimentConfig
 from emflow.data.datasets import mix_id
 from emflow.generate.settings import (
     PLUMBING,
@@ -55,6 +55,7 @@ from emflow.workflow.jobs import (
 )
 from emflow.workflow.preflight import check_workflow
 from emflow.workflow.sweep_steps import eval_steps, planned_optimizer_steps
+from emflow.workflow_config import plumbing_fields, with_defaults
 
 
 def fill_stage_defaults(config: dict[str, Any]) -> None:
