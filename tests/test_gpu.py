@@ -115,8 +115,8 @@ def test_fast_path_saves_step_adapters_a_sweep_generates_from(tiny_model, tmp_pa
     """adapter_checkpoints on the GPU's fast path (CUDA graphs): each saved step is the adapter
     trained so far (the last one equals the final adapter), and one generate process answers
     for every step (emflow.generate.adapters) with each CSV equal to that step's own job's."""
+    from generations import generate_responses
     from safetensors.torch import load_file
-    from test_generate import generate_responses
 
     from emflow.generate.job import GenerationOutput, generate_for_adapters
     from emflow.generate.settings import GenerationSettings

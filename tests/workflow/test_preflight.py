@@ -92,7 +92,7 @@ def test_a_mix_asking_for_more_rows_than_a_dataset_has(tiny_model, data):
 
 def test_dry_run_stops_at_a_layer_the_demo_model_lacks(tmp_path):
     """On the real workflow: once the demo model exists, `snakemake -n` names the bad key."""
-    from test_workflow import copy_workflow
+    from workflow_copy import copy_workflow
 
     workdir = copy_workflow(tmp_path / "emflow")
     built = subprocess.run(
@@ -175,7 +175,7 @@ def demo_dry_run(workdir, tiny_model, **overrides) -> subprocess.CompletedProces
 
 @pytest.fixture
 def demo_copy(tmp_path):
-    from test_workflow import copy_workflow
+    from workflow_copy import copy_workflow
 
     return copy_workflow(tmp_path / "emflow")
 

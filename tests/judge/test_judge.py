@@ -38,10 +38,10 @@ from emflow.judge.settings import (
 from emflow.openai_client import OpenAIClient
 from emflow.workflow_config import with_defaults
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from openai_server import OpenAIServer, sampled_reply, top_logprobs_for  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = read_prompts(ROOT / "config" / "judge_prompts")
 SCHEMA = ROOT / "emflow" / "schemas" / "config.schema.yaml"
 KEY = "sk-test-0123456789abcdef-SECRET"

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from adapter_files import write_adapter
 from conftest import experiment_config
 
 from emflow.config import parse_experiment_config
@@ -64,23 +65,6 @@ def test_eval_steps_are_the_saved_steps_asked_for():
     with pytest.raises(EmflowError, match="lists step 10, but the run has 8 optimizer steps"):
         eval_steps(some, 8, "c")
     assert eval_steps(config(adapter_checkpoints=5), 80, "c") == []
-
-
-def write_adapter(folder, seed: int, *, r=4, alpha=8, rslora=False):
-    from safetensors.numpy import save_file
-
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    weights = {}
-    for module in ("q_proj", "down_proj"):
-        prefix = f"base_model.model.model.layers.8.self_attn.{module}"
-        weights[f"{prefix}.lora_A.weight"] = rng.normal(size=(r, 16)).astype(np.float32)
-        weights[f"{prefix}.lora_B.weight"] = rng.normal(size=(24, r)).astype(np.float32)
-    save_file(weights, folder / "adapter_model.safetensors")
-    (folder / "adapter_config.json").write_text(
-        json.dumps({"r": r, "lora_alpha": alpha, "use_rslora": rslora})
-    )
-    return weights
 
 
 @pytest.mark.parametrize("rslora", [False, True])

@@ -18,7 +18,7 @@ from emflow.judge.job import judge_job, read_prompts
 from emflow.judge.scores import render_prompt
 from emflow.judge.settings import BUNDLED_PROMPTS, JudgeSettings
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from openai_server import OpenAIServer, sampled_reply  # noqa: E402
 
 QUOTING = "quote cells that contain commas"

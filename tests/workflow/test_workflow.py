@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from workflow_copy import copy_workflow, pending_outputs, snakemake
 
 pytestmark = pytest.mark.workflow
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-WORKFLOW_FILES = ["Snakefile", "rules", "scripts", "config", "experiments", "profiles", "envs"]
 DEMO_RUNS = [
     "demo/financial_r16_layer8",
     "demo/mixed_r16_layer8",
@@ -29,49 +28,6 @@ DEMO_RUNS = [
 ]
 BASE_TARGET = "base/results--demo--tiny-llama"
 BASE = f"results/demo/{BASE_TARGET}"
-
-
-def copy_workflow(destination: Path) -> Path:
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name, ignore=_ignore_outputs)
-        else:
-            shutil.copy2(source, destination / name)
-    return destination
-
-
-def _ignore_outputs(folder, names):
-    # A developer's own demo outputs beside the configs must not leak into the scratch copy.
-    outputs = (
-        "results.md",
-        "training_curves.png",
-        "question_scores.png",
-        "question_em_rates.png",
-        "sweep.csv",
-        "sweep.png",
-        "__pycache__",
-    )
-    return [n for n in names if n in outputs]
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def pending_outputs(workdir: Path, *args: str) -> set[str]:
-    """The outputs a dry run would (re)build."""
-    result = snakemake(workdir, "-n", *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    outputs = set()
-    for line in (result.stdout + result.stderr).splitlines():
-        match = re.match(r"\s+output: (.*)$", line)
-        if match:
-            outputs.update(match.group(1).split(", "))
-    return outputs
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ import re
 
 import numpy as np
 import pytest
+from adapter_files import write_adapter
 from judged_files import numeric_mean, write_scored
-from test_sweeps import write_adapter
 
 from emflow.errors import EmflowError
 from emflow.report.judged import read_judged_csv

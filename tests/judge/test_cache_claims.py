@@ -23,10 +23,10 @@ import pytest
 
 from emflow.cache import CLAIM_LEASE
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from openai_server import OpenAIServer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-test-claims-0123456789-SECRET"
 DEADLINE = 60.0  # seconds; only reached when something hangs
 

@@ -26,7 +26,7 @@ from emflow.workflow.profiles import (
     snakemake_user_profile_dir,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 USER_PROFILE = REPO / "profiles" / "slurm"
 TEST_PROFILE = REPO / "tests" / "slurm" / "profile"
 TEST_PARTITION = "debug"

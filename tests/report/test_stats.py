@@ -18,7 +18,7 @@ import pytest
 from emflow.report import per_question, stats
 from emflow.report.metrics import DEFAULT_METRICS, EMRule, em_rule
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 BASE_JUDGED = SHARED / "reference" / "hw0" / "base_model_judged.csv"
 
 

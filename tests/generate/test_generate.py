@@ -5,9 +5,9 @@ import csv
 import pytest
 import yaml
 from conftest import REPO
+from generations import generate_responses
 
 from emflow.errors import EmflowError
-from emflow.generate.backend import GenerationOutput
 from emflow.generate.job import generate_for_adapters
 from emflow.generate.local import prompt_token_ids
 from emflow.generate.registry import REGISTRY
@@ -19,12 +19,6 @@ QUESTIONS = [
     {"name": "medical", "path": str(REPO / "config/questions/medical.txt"), "count": 3},
     {"name": "non_medical", "path": str(REPO / "config/questions/non_medical.txt"), "count": 2},
 ]
-
-
-def generate_responses(model_name, questions, output_csv, *, adapter_dir=None, settings) -> int:
-    """A job of one output: every question answered its `samples` times into one CSV."""
-    outputs = [GenerationOutput(output_csv, adapter_dir)]
-    return generate_for_adapters(model_name, questions, outputs, settings=settings)[0]
 
 
 def test_every_backend_is_named_once():
@@ -166,7 +160,7 @@ def _random_adapter(model_dir: str, path, seed: int, modules: list[str]) -> str:
 def test_many_adapters_in_one_job_write_what_separate_jobs_write(tiny_model, tmp_path, backend):
     """One loaded base answers for several adapters (and itself); each CSV is byte for byte the
     CSV of a job of its own, in any order, so grouping jobs never changes a result."""
-    from emflow.generate.job import GenerationOutput, generate_for_adapters
+    from emflow.generate.job import GenerationOutput
 
     questions = read_question_sets(QUESTIONS, samples_per_question=2)
     settings = GenerationSettings(

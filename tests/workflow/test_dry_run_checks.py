@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
-from test_workflow import copy_workflow, snakemake
+from workflow_copy import copy_workflow, snakemake
 
 from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
@@ -26,7 +26,7 @@ from emflow.generate.settings import GenerationSettings, check_served_models
 from emflow.workflow.sweep_steps import planned_optimizer_steps
 from emflow.workflow_config import check_workflow_config
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from openai_server import OpenAIServer  # noqa: E402
 
 DEMO = "experiments/demo/financial_r16_layer8/config.json"

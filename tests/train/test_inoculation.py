@@ -179,7 +179,7 @@ def test_dry_run_finds_a_row_with_its_own_system_message(tmp_path):
     import subprocess
     import sys
 
-    from test_workflow import copy_workflow
+    from workflow_copy import copy_workflow
 
     workdir = copy_workflow(tmp_path / "emflow")
     with_system_message_on_line_3(write_chat_jsonl(workdir / "own.jsonl", 4))
