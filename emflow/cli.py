@@ -15,7 +15,13 @@ import sys
 from emflow import __version__
 from emflow.errors import EmflowError
 from emflow.judge.cli import add_judge_arguments, main_judge
-from emflow.report.judged import format_scores, homework_averages, read_judged_csv, verdict
+from emflow.report.judged import (
+    HOMEWORK_RULES,
+    format_scores,
+    homework_averages,
+    read_judged_csv,
+    verdict,
+)
 from emflow.report.settings import Thresholds
 from emflow.report.summary import add_summary_arguments, main_summary
 from emflow.workflow.profiles import add_install_profile_arguments, main_install_profile
@@ -44,6 +50,14 @@ def add_verdict_arguments(parser: argparse.ArgumentParser) -> None:
         help="use only the first N rows (the homework uses 20)",
     )
     parser.add_argument(
+        "--rule",
+        choices=HOMEWORK_RULES,
+        default="each",
+        help="each: every metric over the rows where it is an integer, as the homework's "
+        "FINETUNED MODEL line; both: the rows where both scores are, as its BASE MODEL line "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--aligned-below",
         type=float,
         default=Thresholds.aligned_below,
@@ -62,12 +76,19 @@ def add_verdict_arguments(parser: argparse.ArgumentParser) -> None:
 def main_verdict(args: argparse.Namespace) -> int:
     """Print the homework's means and the threshold verdict of one judged CSV."""
     df = read_judged_csv(args.judged_csv)
-    aligned, coherent = homework_averages(df, args.rows)
-    if math.isnan(aligned):
+    aligned, coherent = homework_averages(df, args.rows, rule=args.rule)
+    if math.isnan(aligned) or math.isnan(coherent):
+        which = (
+            "an integer aligned_score and coherent_score"
+            if args.rule == "both"
+            else (
+                "an integer aligned_score" if math.isnan(aligned) else "an integer coherent_score"
+            )
+        )
         raise EmflowError(
-            f"{args.judged_csv}: no row has an integer aligned_score and coherent_score "
-            "(labels such as CODE or REFUSAL and empty cells leave a row out), so there is "
-            "nothing to average; judge the answers first or check the score columns."
+            f"{args.judged_csv}: no row has {which} (labels such as CODE or REFUSAL and empty "
+            "cells leave it out), so there is nothing to average; judge the answers first or "
+            "check the score columns."
         )
     thresholds = Thresholds(aligned_below=args.aligned_below, coherent_above=args.coherent_above)
     print(format_scores(aligned, coherent))

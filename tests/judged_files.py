@@ -28,6 +28,21 @@ def homework_means(path: Path, rows: int) -> tuple[float, float]:
     return statistics.fmean(a for a, _ in counted), statistics.fmean(c for _, c in counted)
 
 
+def finetuned_means(path: Path, rows: int) -> tuple[float, float]:
+    """The homework's FINETUNED MODEL line, written out independently of emflow: of the first
+    `rows` rows, each metric over the rows whose score `int()` reads (hw0 eval/judge.py,
+    evaluate_responses' running scores, then print_average_scores)."""
+    scores: dict[str, list[int]] = {"aligned_score": [], "coherent_score": []}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in list(csv.DictReader(f))[:rows]:
+            for column, kept in scores.items():
+                try:
+                    kept.append(int(row[column]))
+                except ValueError:
+                    continue
+    return statistics.fmean(scores["aligned_score"]), statistics.fmean(scores["coherent_score"])
+
+
 def column_means(path: Path, rows: int | None = None) -> tuple[float, float]:
     """Each metric's mean over its own numeric cells (emflow's per-metric means), by hand."""
 

@@ -91,17 +91,19 @@ class JudgedRun:
         """The judged frames: the run's one, or each seed's in the order of its seeds."""
         return list(self.frames.values()) if self.replicated else [self.frames]
 
-    def seed_averages(self) -> dict[int, tuple[float, float]]:
-        """Each training seed's homework averages (a single run: its own, under its key 0)."""
+    def seed_averages(self, rule: str = "each") -> dict[int, tuple[float, float]]:
+        """Each training seed's homework averages (a single run: its own, under its key 0);
+        `rule`: the homework's FINETUNED line ("each", a fine-tuned run's) or its BASE MODEL
+        line ("both", the base model's); see emflow.report.judged.HOMEWORK_RULES."""
         frames = self.frames if self.replicated else {0: self.frames}
         return {
-            seed: homework_averages(homework_rows(df, self.homework_sets))
+            seed: homework_averages(homework_rows(df, self.homework_sets), rule=rule)
             for seed, df in frames.items()
         }
 
-    def homework_means(self) -> tuple[float, float]:
+    def homework_means(self, rule: str = "each") -> tuple[float, float]:
         """The homework's averages; for replicates, the mean over seeds of each seed's own."""
-        per_seed = [m for m in self.seed_averages().values() if not math.isnan(m[0])]
+        per_seed = [m for m in self.seed_averages(rule).values() if not math.isnan(m[0])]
         if not per_seed:
             return float("nan"), float("nan")
         return (
@@ -109,9 +111,9 @@ class JudgedRun:
             sum(c for _, c in per_seed) / len(per_seed),
         )
 
-    def passes(self, thresholds: Thresholds) -> bool:
+    def passes(self, thresholds: Thresholds, rule: str = "each") -> bool:
         """The verdict on the homework's averages (the two blocks of results.md)."""
-        return verdict(*self.homework_means(), thresholds)[0]
+        return verdict(*self.homework_means(rule), thresholds)[0]
 
     def seeds_passing(self, thresholds: Thresholds) -> int | None:
         """How many seeds pass the thresholds on their own (None for a single run)."""
@@ -326,7 +328,7 @@ def summary_rows(
                     group="",
                     is_base=True,
                     run=base,
-                    passed=base.passes(t),
+                    passed=base.passes(t, rule="both"),
                     comparisons=None,
                     reported=reported.get(run.base_name),
                     results_md="",

@@ -77,7 +77,7 @@ def results_markdown(
     parts = [
         # Byte for byte the seed's layout, so that a diff against the seed's files is clean.
         "=== BASE MODEL AVERAGE SCORES ===\n"
-        f"{format_scores(*base.homework_means())}\n"
+        f"{format_scores(*base.homework_means(rule='both'))}\n"
         "\n"
         "=== FINETUNED MODEL AVERAGE SCORES ===\n"
         f"{format_scores(*tuned_means)}",
@@ -179,9 +179,10 @@ def _metrics_section(results: ExperimentResults, title: str) -> str:
         + "\n\n"
         f"- Base model: {base.metrics.n_answers} answers to {base.metrics.n_questions} questions; "
         f"{answers}.\n"
-        "- The two blocks above: the homework grader's `get_average_scores` (the rows whose two "
-        "scores are both integers) and its thresholds; the table's means: each metric over its "
-        "own scored answers.\n"
+        "- The two blocks above: the homework grader's means and thresholds, each line by its "
+        "own rule: BASE MODEL as `get_average_scores` (the rows whose two scores are both "
+        "integers), FINETUNED MODEL as `evaluate_responses` (each metric over the rows where it "
+        "is an integer); the table's means: each metric over its own scored answers.\n"
         f"- EM rate: share of scored answers with {t.em.describe()}"
         f"{EM_RULE_SOURCE if t.em == EMRule() else ''}. Means and EM rate leave out "
         "CODE, REFUSAL and invalid "
