@@ -134,3 +134,9 @@ def settings_from_config(section: Mapping[str, object]) -> JudgeSettings:
 def setting_choices(name: str) -> tuple[str, ...]:
     """The values JudgeSettings' field `name` accepts."""
     return next(f.metadata["choices"] for f in fields(JudgeSettings) if f.name == name)
+
+
+def judged_metrics(judge: Mapping[str, object]) -> list[str]:
+    """The metrics every answer is scored for, from the workflow config's `judge` section:
+    `judge.metrics`, else every `judge.prompts` template, in order."""
+    return list(judge.get("metrics") or judge.get("prompts") or {})

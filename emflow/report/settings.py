@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from emflow.judge.settings import judged_metrics
 from emflow.questions import homework_sets
 from emflow.report.metrics import HOMEWORK_METRICS, EMRule, MetricSet, em_rule
 
@@ -67,11 +68,6 @@ class ReportSettings:
             coherent_above=self.thresholds["coherent_above"],
             em=em_rule(self.em_thresholds, self.metric_set),
         )
-
-
-def judged_metrics(judge: Mapping[str, Any]) -> list[str]:
-    """The metrics the judge scores: `judge.metrics`, else every `judge.prompts` template."""
-    return list(judge.get("metrics") or judge["prompts"])
 
 
 def report_settings(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from emflow.config import ExperimentConfig
 from emflow.data.datasets import mix_id, read_numbered_chat_jsonl
 from emflow.errors import EmflowError
+from emflow.judge.settings import judged_metrics
 from emflow.paths import Layout
 from emflow.questions import Question, read_question_sets
 from emflow.train.examples import lost_answers_message, read_rows_for
@@ -303,7 +304,7 @@ def check_judge_metrics(questions: Iterable[Question], judge: Mapping[str, Any])
     """Every metric to score has a prompt for every question: the judge config's, or the
     question's own (a YAML set's judge_prompts)."""
     prompts = judge.get("prompts", {})
-    for metric in judge.get("metrics") or list(prompts):
+    for metric in judged_metrics(judge):
         if metric in prompts:
             continue
         lacking = [q for q in questions if metric not in (q.judge_prompts or {})]
