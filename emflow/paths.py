@@ -156,6 +156,13 @@ class Layout:
     def judge_usage(self, target: str) -> str:
         return f"{self.results}/{target}/judge_usage.json"
 
+    def panel_judged(self, target: str, name: str) -> str:
+        """What panel judge `name` (judge.panel) scored, beside the primary's judged.csv."""
+        return f"{self.results}/{target}/judged.{name}.csv"
+
+    def panel_judge_usage(self, target: str, name: str) -> str:
+        return f"{self.results}/{target}/judge_usage.{name}.json"
+
     # -- datasets -------------------------------------------------------------------------
 
     def raw_dataset(self, source: str, name: str) -> str:

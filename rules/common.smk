@@ -4,6 +4,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from emflow.errors import EmflowError
+from emflow.judge.settings import panel_settings
 from emflow.paths import EXPERIMENT_PATTERN, RUN_PATTERN, TARGET_PATTERN
 from emflow.workflow.jobs import export_package_path, sorted_params
 from emflow.workflow.plan import Plan, fill_stage_defaults, gpu_jobs, runs_pattern
@@ -11,14 +12,14 @@ from emflow.workflow_config import WORKFLOW_SCHEMA, check_workflow_config, confi
 
 # emflow's check first: one sentence naming the file and the key (Snakemake's validate prints
 # jsonschema's whole dump); then Snakemake's, which fills in the schema's defaults.
+# judge.panel's names (unique, not "primary") are checked here too, naming the file.
+CONFIG_SOURCE = config_source(
+    workflow.config_settings.configfiles,
+    replace_workflow_config=workflow.config_settings.replace_workflow_config,
+)
 try:
-    check_workflow_config(
-        config,
-        config_source(
-            workflow.config_settings.configfiles,
-            replace_workflow_config=workflow.config_settings.replace_workflow_config,
-        ),
-    )
+    check_workflow_config(config, CONFIG_SOURCE)
+    panel_settings(config["judge"], CONFIG_SOURCE)
 except EmflowError as err:
     sys.exit(f"emflow: {err}")
 validate(config, schema=str(WORKFLOW_SCHEMA), set_default=True)
@@ -47,6 +48,7 @@ wildcard_constraints:
     target=TARGET_PATTERN,
     dataset=r"[^/]+",
     mix=r"[^/]+",
+    judge=runs_pattern(PLAN.panel),
 
 
 localrules:
@@ -107,6 +109,14 @@ def get_judge_inputs(wildcards):
     return PLAN.judge_inputs(wildcards.target)
 
 
+def get_panel_judge_inputs(wildcards):
+    return PLAN.panel_judge_inputs(wildcards.target, wildcards.judge)
+
+
+def panel_judge_params(wildcards):
+    return PLAN.panel_judge_params(wildcards.judge)
+
+
 def get_curves_inputs(wildcards):
     return PLAN.curves_inputs(wildcards.experiment)
 
@@ -137,6 +147,15 @@ def experiment_labels(shows):
         "experiment": wildcards.experiment.split("/")[1],
         "shows": shows,
     }
+
+
+# judge.panel: each experiment's panel judged CSVs for its results (only with a panel, so that
+# a config without one keeps the results rule's params and reruns nothing).
+PANEL_PARAMS = (
+    {"panel": lambda wildcards: PLAN.panel_results(wildcards.experiment)}
+    if PLAN.panel
+    else {}
+)
 
 
 # Each question's EM rate, drawn only when some question is answered several times.

@@ -76,6 +76,7 @@ rule results:
     conda:
         "../envs/report.yaml"
     params:
+        **PANEL_PARAMS,
         report=sorted_params(PLAN.report),
         seeds=lambda wildcards: PLAN.experiments[wildcards.experiment].seeds,
         training_system_prompt=lambda wildcards: PLAN.experiments[

@@ -19,6 +19,7 @@ def main():
         training_system_prompt=snakemake.params.training_system_prompt,
         sweep_csv=snakemake.input.get("sweep"),
         question_em_rates=snakemake.output.get("question_em_rates"),
+        panel=snakemake.params.get("panel"),
     )
 
 

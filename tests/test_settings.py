@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from emflow.generate.settings import PLUMBING, GenerationSettings
-from emflow.judge.settings import SCORE_SETTINGS, JudgeSettings
+from emflow.judge.settings import PANEL_KEYS, SCORE_SETTINGS, JudgeSettings
 from emflow.report.settings import ReportSettings
 from emflow.train.settings import TrainSettings
 from emflow.workflow_config import WORKFLOW_SCHEMA, plumbing_fields
@@ -27,7 +27,7 @@ STAGES = {
         {"chat_template_kwargs"},
     ),
     # retry_base_delay: the backoff's first delay, for tests; not a user setting.
-    "judge": (JudgeSettings, {"prompts", "metrics", "cache"}, {"retry_base_delay"}),
+    "judge": (JudgeSettings, {"prompts", "metrics", "cache", "panel"}, {"retry_base_delay"}),
 }
 
 
@@ -40,6 +40,14 @@ def test_the_schema_knows_exactly_the_settings_fields(section):
     settings, own, unwritten = STAGES[section]
     names = {f.name for f in dataclasses.fields(settings)}
     assert set(schema_keys(section)) == (names - unwritten) | own
+
+
+def test_a_panel_judge_takes_a_name_and_the_primarys_keys_with_their_types():
+    """judge.panel's entries: a name and PANEL_KEYS, each checked as the primary's key is."""
+    entry = schema_keys("judge")["panel"]["items"]["properties"]
+    assert set(entry) == {"name", *PANEL_KEYS}
+    for key in PANEL_KEYS:
+        assert entry[key] == schema_keys("judge")[key], key
 
 
 @pytest.mark.parametrize("section", STAGES)

@@ -7,10 +7,12 @@ rules/common.smk read the judge's defaults from here; this module imports no oth
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from emflow.errors import EmflowError
 from emflow.workflow_config import settings_from
 
 LABELS = ("CODE", "REFUSAL")  # the judge's replies that are not scores
@@ -140,3 +142,50 @@ def judged_metrics(judge: Mapping[str, object]) -> list[str]:
     """The metrics every answer is scored for, from the workflow config's `judge` section:
     `judge.metrics`, else every `judge.prompts` template, in order."""
     return list(judge.get("metrics") or judge.get("prompts") or {})
+
+
+# judge.panel: the keys a panel judge may set; each defaults to the primary judge's value. The
+# prompts, metrics, cache, concurrency, retries, timeout and prices are the primary's, so that
+# every judge of the panel scores the same answers against the same templates.
+PANEL_KEYS = ("backend", "model", "base_url", "mode", "temperature", "samples", "parse")
+# The name results and reports give the `judge` section's own judge.
+PRIMARY = "primary"
+PANEL_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def panel_settings(
+    judge: Mapping[str, object], source: str = "the workflow config"
+) -> dict[str, JudgeSettings]:
+    """{name: settings} of each judge in `judge.panel`, in config order: its own keys over the
+    primary judge's section (`judge`). A bad entry is one sentence naming `source` and
+    `judge.panel[i]`."""
+    primary = {k: v for k, v in judge.items() if k != "panel"}
+    judges: dict[str, JudgeSettings] = {}
+    for i, entry in enumerate(judge.get("panel") or []):
+        where = f"{source}: judge.panel[{i}]"
+        if not isinstance(entry, Mapping):
+            raise EmflowError(
+                f"{where} is {entry!r}; give a mapping with a name, e.g. {{name: b}}."
+            )
+        unknown = sorted(str(k) for k in entry if k != "name" and k not in PANEL_KEYS)
+        if unknown:
+            raise EmflowError(
+                f"{where} has the unknown key '{unknown[0]}'; a panel judge sets only name, "
+                f"{', '.join(PANEL_KEYS)} (the rest is the primary judge's)."
+            )
+        name = entry.get("name")
+        if not isinstance(name, str) or not PANEL_NAME.fullmatch(name):
+            raise EmflowError(
+                f"{where} has the name {name!r}; give it a name of letters, digits and '_'."
+            )
+        if name == PRIMARY:
+            raise EmflowError(
+                f"{where} is named '{PRIMARY}', the judge section's own judge; rename it."
+            )
+        if name in judges:
+            raise EmflowError(
+                f"{where} is named '{name}', as an earlier panel judge is; give each its own name."
+            )
+        own = {k: v for k, v in entry.items() if k != "name"}
+        judges[name] = settings_from_config(primary | own)
+    return judges

@@ -21,9 +21,17 @@ from emflow.atomic import write_text_atomic
 from emflow.errors import EmflowError
 from emflow.paths import QUESTION_EM_RATES
 from emflow.report import stats
-from emflow.report.analysis import Analysis, ExperimentResults, JudgedRun, experiment_results
+from emflow.report.agreement import PRIMARY, PanelAgreement, panel_agreement
+from emflow.report.analysis import (
+    Analysis,
+    ExperimentResults,
+    JudgedRun,
+    experiment_results,
+    load_run,
+)
 from emflow.report.figures import plot_question_em, plot_question_scores
 from emflow.report.judged import Judged, JudgedSeeds, format_scores, verdict
+from emflow.report.judges import judges_section
 from emflow.report.metrics import SHARES, EMRule
 from emflow.report.per_question import QUESTION_EM_INTERVAL, QUESTION_MEAN_INTERVAL
 from emflow.report.tables import (
@@ -55,12 +63,14 @@ def results_markdown(
     plots: Sequence[tuple[str, str]] = (),
     training_system_prompt: str | None = None,
     sweep: str = "",
+    judges: PanelAgreement | None = None,
 ) -> str:
     """A run's results.md: the seed's two blocks, the verdict, metrics with CIs, judge usage.
 
     `plots` lists (description, path relative to results.md) of images to link;
     `training_system_prompt` is the experiment's inoculation prompt, if any; `sweep` the
-    checkpoint sweep's section (emflow.sweeps.sweep_markdown), if any.
+    checkpoint sweep's section (emflow.sweeps.sweep_markdown), if any; `judges` a judge panel's
+    metrics and agreement (its section only where there is a panel).
     """
     base, tuned, analysis = results.base, results.finetuned, results.analysis
     t = analysis.thresholds
@@ -95,6 +105,8 @@ def results_markdown(
         parts.append(_question_em_section(results))
     if sweep:
         parts.append(sweep)
+    if judges is not None:
+        parts.append(judges_section(judges, results.analysis))
     prompts = _prompts_section(results, training_system_prompt)
     if prompts:
         parts.append(prompts)
@@ -366,6 +378,23 @@ def _read_json(path: str | os.PathLike) -> Any:
         return json.load(file)
 
 
+def _panel(
+    results: ExperimentResults,
+    panel: Mapping[str, Mapping[str, Any]] | None,
+    seeds: Sequence[int] | None,
+) -> PanelAgreement | None:
+    """The panel's metrics and agreement with the primary judge (the results already read)."""
+    if not panel:
+        return None
+    analysis = results.analysis
+    runs = {PRIMARY: (results.base, results.finetuned)}
+    for name, files in panel.items():
+        tuned = files["finetuned"]
+        judged = tuned[0] if seeds is None else dict(zip(seeds, tuned, strict=True))
+        runs[name] = (load_run(files["base"], analysis), load_run(judged, analysis))
+    return panel_agreement(runs, analysis)
+
+
 def write_experiment_results(
     experiment: str,
     *,
@@ -381,6 +410,7 @@ def write_experiment_results(
     question_em_rates: str | None = None,
     training_system_prompt: str | None = None,
     sweep_csv: str | None = None,
+    panel: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """The `results` rule: an experiment's results.md and per-question plots, beside its config.
 
@@ -388,7 +418,9 @@ def write_experiment_results(
     seeds in the order of the judged CSVs and usage files. Where some question was answered more
     than once, the per-question EM rates are also drawn, to `question_em_rates` (default:
     QUESTION_EM_RATES beside results.md); otherwise a stale figure there is removed, since
-    results.md no longer links it.
+    results.md no longer links it. `panel` maps each extra judge's name to its {"base": judged
+    CSV, "finetuned": [judged CSV of each run, in seed order]}; results.md then has a "Judges"
+    section (the headline numbers stay the primary judge's).
     """
     analysis = Analysis.from_report_config(report)
     usages = [_read_json(path) for path in finetuned_usage]
@@ -442,5 +474,6 @@ def write_experiment_results(
         plots=[(text, os.path.relpath(path, here)) for text, path in plots],
         training_system_prompt=training_system_prompt,
         sweep=_sweep_section(sweep_csv, results, here),
+        judges=_panel(results, panel, seeds),
     )
     write_text_atomic(results_md, text)

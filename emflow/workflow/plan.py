@@ -29,7 +29,12 @@ from emflow.generate.settings import (
     check_served_models,
     served_model_name,
 )
-from emflow.judge.settings import SCORE_SETTINGS, JudgeSettings, judged_metrics
+from emflow.judge.settings import (
+    SCORE_SETTINGS,
+    JudgeSettings,
+    judged_metrics,
+    panel_settings,
+)
 from emflow.paths import (
     RUN_PATTERN,
     TARGET_PATTERN,
@@ -119,6 +124,9 @@ class Plan:
         self.sweep_in_one_job: bool = config["generation"].get("sweep_in_one_job", False)
         # The metrics every answer is scored for: judge.metrics, else every judge.prompts file.
         self.judge_metrics: list[str] = judged_metrics(config["judge"])
+        # judge.panel: {name: settings} of each extra judge, scoring every target beside the
+        # primary (judged.<name>.csv); empty without a panel, which then plans as before.
+        self.panel: dict[str, JudgeSettings] = panel_settings(config["judge"])
         # The report settings, and which question sets are the homework's (their rows make the
         # seed-format blocks and the verdict).
         self.report = report_settings(config)
@@ -306,7 +314,21 @@ class Plan:
         fetched or priced, so it reruns nothing."""
         return sorted_params({k: self.config["judge"][k] for k in SCORE_SETTINGS})
 
-    def judge_inputs(self, target: str) -> dict[str, Any]:
+    def panel_judge_params(self, name: str) -> dict[str, Any]:
+        """judge_params of panel judge `name`: only its own score settings, so that changing
+        one panel judge re-judges with that judge alone."""
+        settings = self.panel[name]
+        return sorted_params({k: getattr(settings, k) for k in SCORE_SETTINGS})
+
+    def panel_judge_inputs(self, target: str, name: str) -> dict[str, Any]:
+        """judge_inputs, with panel judge `name`'s model when it is a local (hf) one."""
+        settings = self.panel[name]
+        inputs = self.judge_inputs(target, judge_model=False)
+        if settings.backend == "hf":
+            inputs["judge_model"] = self.model_inputs(settings.model)
+        return inputs
+
+    def judge_inputs(self, target: str, *, judge_model: bool = True) -> dict[str, Any]:
         judge = self.config["judge"]
         inputs: dict[str, Any] = {
             "generations": self.paths.generations(target),
@@ -314,7 +336,7 @@ class Plan:
             "questions": self.question_files(),
         }
         inputs.update({m: judge["prompts"][m] for m in self.judge_metrics if m in judge["prompts"]})
-        if judge["backend"] == "hf":
+        if judge_model and judge["backend"] == "hf":
             inputs["judge_model"] = self.model_inputs(judge["model"])
         return inputs
 
@@ -338,7 +360,27 @@ class Plan:
         }
         if experiment in self.sweeps:
             inputs["sweep"] = self.paths.sweep(experiment, ".csv")
+        if self.panel:
+            # Only with a panel: a config without one keeps its inputs, and reruns nothing.
+            inputs["panel_judged"] = [
+                path
+                for judged in self.panel_results(experiment).values()
+                for path in (judged["base"], *judged["finetuned"])
+            ]
         return inputs
+
+    def panel_results(self, experiment: str) -> dict[str, dict[str, Any]]:
+        """{panel judge: {"base": its judged CSV of the base model, "finetuned": each run's,
+        in seed order}}: the results rule's `panel` (emflow.report.results)."""
+        base = base_target(self.experiments[experiment].model)
+        targets = [run_target(run) for run in self.experiment_runs(experiment).values()]
+        return {
+            name: {
+                "base": self.paths.panel_judged(base, name),
+                "finetuned": [self.paths.panel_judged(t, name) for t in targets],
+            }
+            for name in self.panel
+        }
 
     def sweep_points(self, experiment: str) -> list[dict[str, Any]]:
         """The sweep's points as plain dicts (emflow.report.sweeps.SweepPoint), seed by seed."""

@@ -8,6 +8,7 @@ the real workflow, a generate job against a real HTTP server, or the `emflow` CL
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from emflow.config import parse_experiment_config
 from emflow.errors import EmflowError
 from emflow.generate.job import generate_job
 from emflow.generate.settings import GenerationSettings, check_served_models
+from emflow.judge.settings import panel_settings, settings_from_config
 from emflow.workflow.sweep_steps import planned_optimizer_steps
 from emflow.workflow_config import check_workflow_config
 
@@ -225,6 +227,73 @@ def test_a_bad_spec_reaches_the_user_as_the_sentence_at_dry_run(workdir):
 def test_the_shipped_configs_pass():
     for name in ("config.yaml", "demo.yaml"):
         check_workflow_config(yaml.safe_load((REPO / "config" / name).read_text()), name)
+
+
+# ---- judge.panel: extra judges of the same answers ---------------------------------------------
+
+
+def job_counts(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """{rule: jobs} from a dry run's job stats table."""
+    counts = {}
+    for line in (result.stdout + result.stderr).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total",):
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_the_demos_panel_judge_scores_every_target_the_results_read_and_generates_nothing(
+    workdir,
+):
+    result = dry_run(workdir)
+    assert result.returncode == 0, result.stderr
+    planned = result.stdout + result.stderr
+    with_panel = job_counts(result)
+    # The base model and the five runs, each judged once more (the sweep's steps are not: the
+    # results read only the final adapters).
+    assert with_panel["judge_panel"] == 6
+    for target in ("base/results--demo--tiny-llama", "runs/demo/mixed_r16_layer8/seed2"):
+        assert f" results/demo/{target}/judged.tiny_logprob.csv" in planned, target
+    demo_yaml = workdir / "config/demo.yaml"
+    config = yaml.safe_load(demo_yaml.read_text())
+    del config["judge"]["panel"]
+    demo_yaml.write_text(yaml.safe_dump(config))
+    without = job_counts(dry_run(workdir))
+    assert "judge_panel" not in without
+    assert with_panel == without | {"judge_panel": 6}
+
+
+@pytest.mark.parametrize(
+    "panel, message",
+    [
+        ([{"name": "b"}, {"name": "b", "mode": "logprob"}],
+         "judge.panel[1] is named 'b', as an earlier panel judge is; give each its own name."),
+        ([{"name": "primary"}],
+         "judge.panel[0] is named 'primary', the judge section's own judge; rename it."),
+        ([{"name": "b", "prompts": {}}],
+         "unknown key 'prompts' in 'judge.panel[0]' (known keys: backend, base_url, mode, "
+         "model, name, parse, samples, temperature)."),
+        ([{"name": "b", "tempreature": 0.3}],
+         "unknown key 'tempreature' in 'judge.panel[0]' (did you mean 'temperature'?)."),
+    ],
+)  # fmt: skip
+def test_a_bad_panel_judge_stops_the_dry_run_with_one_sentence(workdir, panel, message):
+    result = dry_run(
+        workdir, "--configfile", "config/demo.yaml",
+        overlay(workdir, yaml.safe_dump({"judge": {"panel": panel}})),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"emflow: config/demo.yaml + overlay.yaml: {message}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "Failed validating" not in result.stderr
+
+
+def test_panel_settings_names_the_entry_and_fills_in_the_primarys_keys():
+    judge = demo_config()["judge"]
+    judges = panel_settings(judge | {"panel": [{"name": "b", "model": "other"}]})
+    assert judges["b"] == dataclasses.replace(settings_from_config(judge), model="other")
+    with pytest.raises(EmflowError, match=r"^x.yaml: judge.panel\[0\] has the unknown key 'cache'"):
+        panel_settings(judge | {"panel": [{"name": "b", "cache": "c.sqlite"}]}, "x.yaml")
+    assert panel_settings({k: v for k, v in judge.items() if k != "panel"}) == {}
 
 
 # ---- experiment names and folders --------------------------------------------------------------

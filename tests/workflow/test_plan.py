@@ -287,6 +287,85 @@ def test_two_targets_asking_for_one_served_model_stop_the_plan(workdir):
         demo({"generation": {"backend": "openai", "openai_model": "fixed"}})
 
 
+# ---- judge.panel --------------------------------------------------------------------------------
+
+PANEL = "tiny_logprob"  # the demo's panel judge: the tiny model in logprob mode
+
+
+def without_panel() -> Plan:
+    """The demo planned from a copy of config/demo.yaml with no judge.panel, as before panels."""
+    config = yaml.safe_load(Path("config/demo.yaml").read_text())
+    del config["judge"]["panel"]
+    Path("no_panel.yaml").write_text(yaml.safe_dump(config))
+    return plan_of("no_panel.yaml")
+
+
+def every_rules_plan(plan: Plan) -> dict:
+    """Every existing rule's params and inputs, for every run, target and experiment."""
+    targets, experiments = list(plan.generation_targets), list(plan.experiments)
+    return {
+        "train": {r: (plan.train_inputs(r), plan.train_params(r)) for r in plan.runs},
+        "generate": {t: (plan.generate_inputs(t), plan.generation_params(t)) for t in targets},
+        "judge": ({t: plan.judge_inputs(t) for t in targets}, plan.judge_params()),
+        "results": {e: plan.results_inputs(e) for e in experiments},
+        "curves": {e: plan.curves_inputs(e) for e in experiments},
+        "sweep": {e: (plan.sweep_inputs(e), plan.sweep_points(e)) for e in plan.sweeps},
+        "summary": (plan.summary_inputs(), plan.summary_run_params()),
+        "all": plan.final_outputs(),
+    }
+
+
+def test_a_config_without_a_panel_plans_every_rule_as_before(workdir):
+    """No panel: the same params and inputs for every rule, so a finished workflow reruns
+    nothing; the panel adds only its own judged CSVs to each results job."""
+    plain, panel = without_panel(), demo()
+    assert plain.panel == {}
+    assert set(plain.results_inputs(MIXED)) == {
+        "base_judged", "base_usage", "finetuned_judged", "finetuned_usage",
+    }  # fmt: skip
+    with_panel = every_rules_plan(panel)
+    for inputs in with_panel["results"].values():
+        del inputs["panel_judged"]
+    assert with_panel == every_rules_plan(plain)
+
+
+def test_a_panel_judge_has_its_own_params_inputs_and_files(workdir):
+    plan = demo()
+    assert list(plan.panel) == [PANEL]
+    assert plan.panel_judge_params(PANEL) == plan.judge_params() | {"mode": "logprob"}
+    assert plan.panel_judge_inputs(BASE, PANEL) == plan.judge_inputs(BASE)
+    results = plan.panel_results(MIXED)
+    assert results == {
+        PANEL: {
+            "base": f"results/demo/{BASE}/judged.{PANEL}.csv",
+            "finetuned": [
+                f"results/demo/runs/{MIXED}/seed{s}/judged.{PANEL}.csv" for s in (0, 1, 2)
+            ],
+        }
+    }
+    assert plan.results_inputs(MIXED)["panel_judged"] == [
+        results[PANEL]["base"], *results[PANEL]["finetuned"],
+    ]  # fmt: skip
+    assert plan.paths.panel_judge_usage(BASE, PANEL) == (
+        f"results/demo/{BASE}/judge_usage.{PANEL}.json"
+    )
+
+
+def test_changing_one_panel_judge_rejudges_with_it_alone(workdir):
+    panel = [{"name": PANEL, "mode": "logprob"}, {"name": "warm", "temperature": 1.0}]
+    before = demo({"judge": {"panel": panel}})
+    panel[1]["temperature"] = 0.5
+    after = demo({"judge": {"panel": panel}})
+    assert after.judge_params() == before.judge_params()
+    assert after.panel_judge_params(PANEL) == before.panel_judge_params(PANEL)
+    assert after.panel_judge_params("warm") == before.panel_judge_params("warm") | {
+        "temperature": 0.5
+    }
+    # A panel judge's model that is no local model needs no model input.
+    remote = demo({"judge": {"panel": [{"name": "api", "backend": "openai", "model": "gpt-4o"}]}})
+    assert "judge_model" not in remote.panel_judge_inputs(BASE, "api")
+
+
 # ---- results and summary -----------------------------------------------------------------------
 
 
