@@ -253,7 +253,7 @@ def test_the_demos_panel_judge_scores_every_target_the_results_read_and_generate
     # results read only the final adapters).
     assert with_panel["judge_panel"] == 6
     for target in ("base/results--demo--tiny-llama", "runs/demo/mixed_r16_layer8/seed2"):
-        assert f" results/demo/{target}/judged.tiny_logprob.csv" in planned, target
+        assert f" results/demo/{target}/judged.tiny_hot.csv" in planned, target
     demo_yaml = workdir / "config/demo.yaml"
     config = yaml.safe_load(demo_yaml.read_text())
     del config["judge"]["panel"]

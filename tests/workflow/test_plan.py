@@ -289,7 +289,7 @@ def test_two_targets_asking_for_one_served_model_stop_the_plan(workdir):
 
 # ---- judge.panel --------------------------------------------------------------------------------
 
-PANEL = "tiny_logprob"  # the demo's panel judge: the tiny model in logprob mode
+PANEL = "tiny_hot"  # the demo's panel judge: the tiny model sampled at temperature 1
 
 
 def without_panel() -> Plan:
@@ -332,7 +332,7 @@ def test_a_config_without_a_panel_plans_every_rule_as_before(workdir):
 def test_a_panel_judge_has_its_own_params_inputs_and_files(workdir):
     plan = demo()
     assert list(plan.panel) == [PANEL]
-    assert plan.panel_judge_params(PANEL) == plan.judge_params() | {"mode": "logprob"}
+    assert plan.panel_judge_params(PANEL) == plan.judge_params() | {"temperature": 1.0}
     assert plan.panel_judge_inputs(BASE, PANEL) == plan.judge_inputs(BASE)
     results = plan.panel_results(MIXED)
     assert results == {
@@ -352,7 +352,7 @@ def test_a_panel_judge_has_its_own_params_inputs_and_files(workdir):
 
 
 def test_changing_one_panel_judge_rejudges_with_it_alone(workdir):
-    panel = [{"name": PANEL, "mode": "logprob"}, {"name": "warm", "temperature": 1.0}]
+    panel = [{"name": PANEL, "temperature": 1.0}, {"name": "warm", "mode": "logprob"}]
     before = demo({"judge": {"panel": panel}})
     panel[1]["temperature"] = 0.5
     after = demo({"judge": {"panel": panel}})

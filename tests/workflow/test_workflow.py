@@ -58,6 +58,17 @@ def runs_of(experiment: str) -> list[str]:
     return [experiment] if seeds is None else [f"{experiment}/seed{seed}" for seed in seeds]
 
 
+# The demo's panel judge (judge.panel): it scores the base model and each run's final adapter.
+PANEL = "tiny_hot"
+
+
+def panel_outputs(target: str, judge: str = PANEL) -> set[str]:
+    return {
+        f"results/demo/{target}/judged.{judge}.csv",
+        f"results/demo/{target}/judge_usage.{judge}.json",
+    }
+
+
 def run_outputs(run: str) -> set[str]:
     """What one run (one seed's, or an experiment's only one) trains, generates and judges."""
     return {
@@ -66,7 +77,7 @@ def run_outputs(run: str) -> set[str]:
         f"results/demo/runs/{run}/generations.csv",
         f"results/demo/runs/{run}/judged.csv",
         f"results/demo/runs/{run}/judge_usage.json",
-    }
+    } | panel_outputs(f"runs/{run}")
 
 
 # The demo's checkpoint sweep: the steps it evaluates (adapter_checkpoints 8: 8, 16, 24 saved).
@@ -75,7 +86,11 @@ SUMMARY_SWEEPS = {"results/demo/summary_sweeps.png"}
 
 
 def target_outputs(target: str, generated: bool = True) -> set[str]:
+    """A target's generations (when regenerated) and judgements: the primary judge's, and the
+    panel judge's where it judges the target (not a sweep's steps) and its answers changed."""
     judged = {f"results/demo/{target}/judged.csv", f"results/demo/{target}/judge_usage.json"}
+    if generated and "/step-" not in target:
+        judged |= panel_outputs(target)
     return judged | ({f"results/demo/{target}/generations.csv"} if generated else set())
 
 
@@ -217,6 +232,20 @@ def test_new_training_system_prompt_retrains_only_that_experiment(finished_copy)
     assert pending_outputs(finished_copy, "--profile", "profiles/demo") == (
         experiment_outputs("demo/mixed_r16_layer8_inoculated") | SUMMARY
     )
+
+
+def test_a_new_panel_judge_judges_alone(finished_copy):
+    """Adding a judge to a finished workflow asks only the new judge: no generation, no other
+    judge re-asked; the reports that show the judges are rewritten."""
+    edit_demo_config(
+        finished_copy, lambda c: c["judge"]["panel"].append({"name": "tiny_twice", "samples": 2})
+    )
+    expected = panel_outputs(BASE_TARGET, "tiny_twice") | SUMMARY
+    for experiment in DEMO_RUNS:
+        expected |= results_outputs(experiment)
+        for run in runs_of(experiment):
+            expected |= panel_outputs(f"runs/{run}", "tiny_twice")
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == expected
 
 
 def test_new_judge_temperature_rejudges_but_never_retrains(finished_copy):
