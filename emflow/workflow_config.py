@@ -160,8 +160,8 @@ def read_workflow_config(
     `configfile:`), then each of `configfiles` merged over it key by key (an overlay such as
     config/paper.yaml), or the files alone with `replace_workflow_config` (Snakemake's
     --replace-workflow-config, as profiles/demo sets it). Validated, with the schema's defaults."""
-    # Snakemake's own merge and defaults, so that this config is the one the rules see.
-    from snakemake.utils import update_config, validate
+    # Snakemake's own merge, so that this config is the one the rules see.
+    from snakemake.utils import update_config
 
     files = [
         Path(f) for f in ([configfiles] if isinstance(configfiles, str | Path) else configfiles)
@@ -182,6 +182,15 @@ def read_workflow_config(
         if not isinstance(data, dict):
             raise EmflowError(f"{path}: the workflow config must be a mapping of keys and values.")
         update_config(config, data)
-    check_workflow_config(config, " + ".join(str(f) for f in files))
-    validate(config, schema=str(WORKFLOW_SCHEMA), set_default=True)
+    validate_workflow_config(config, " + ".join(str(f) for f in files))
     return config
+
+
+def validate_workflow_config(config: dict[str, Any], source: str) -> None:
+    """Check `config` against the schema, in place: emflow's one-sentence errors naming `source`
+    first (`check_workflow_config`), then Snakemake's validate, which fills in the schema's
+    defaults, so that the rules and `emflow summary` see the same config."""
+    from snakemake.utils import validate  # Snakemake runs this; the rule scripts' envs lack it
+
+    check_workflow_config(config, source)
+    validate(config, schema=str(WORKFLOW_SCHEMA), set_default=True)

@@ -1,14 +1,12 @@
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 from emflow.errors import EmflowError
 from emflow.judge.settings import panel_settings
 from emflow.paths import EXPERIMENT_PATTERN, RUN_PATTERN, TARGET_PATTERN
 from emflow.workflow.jobs import export_package_path, sorted_params
 from emflow.workflow.plan import Plan, fill_stage_defaults, gpu_jobs, runs_pattern
-from emflow.workflow_config import WORKFLOW_SCHEMA, check_workflow_config, config_source
+from emflow.workflow_config import config_source, validate_workflow_config
 
 # emflow's check first: one sentence naming the file and the key (Snakemake's validate prints
 # jsonschema's whole dump); then Snakemake's, which fills in the schema's defaults.
@@ -18,11 +16,10 @@ CONFIG_SOURCE = config_source(
     replace_workflow_config=workflow.config_settings.replace_workflow_config,
 )
 try:
-    check_workflow_config(config, CONFIG_SOURCE)
+    validate_workflow_config(config, CONFIG_SOURCE)
     panel_settings(config["judge"], CONFIG_SOURCE)
 except EmflowError as err:
     sys.exit(f"emflow: {err}")
-validate(config, schema=str(WORKFLOW_SCHEMA), set_default=True)
 # Each stage's settings dataclass holds its defaults (the schema only checks types and ranges).
 fill_stage_defaults(config)
 

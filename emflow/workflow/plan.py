@@ -439,6 +439,10 @@ class Plan:
         """{experiment: the saved steps it evaluates} for experiments with eval_checkpoints."""
         steps = {}
         for name, experiment in self.experiments.items():
+            # Only a run that saves checkpoints has steps to check or evaluate; each job
+            # re-reads the Snakefile, so no other experiment's data is read for this.
+            if experiment.adapter_checkpoints is None:
+                continue
             total = planned_optimizer_steps(
                 experiment, self.training_file(experiment), _train_section(self.config)
             )
