@@ -362,22 +362,25 @@ class Plan:
             inputs["sweep"] = self.paths.sweep(experiment, ".csv")
         if self.panel:
             # Only with a panel: a config without one keeps its inputs, and reruns nothing.
-            inputs["panel_judged"] = [
-                path
-                for judged in self.panel_results(experiment).values()
-                for path in (judged["base"], *judged["finetuned"])
+            panel = self.panel_results(experiment).values()
+            inputs["panel_judged"] = [p for j in panel for p in (j["base"], *j["finetuned"])]
+            inputs["panel_usage"] = [
+                p for j in panel for p in (j["base_usage"], *j["finetuned_usage"])
             ]
         return inputs
 
     def panel_results(self, experiment: str) -> dict[str, dict[str, Any]]:
         """{panel judge: {"base": its judged CSV of the base model, "finetuned": each run's,
-        in seed order}}: the results rule's `panel` (emflow.report.results)."""
+        in seed order, "base_usage" and "finetuned_usage": the same targets' judge_usage JSON}}:
+        the results rule's `panel` (emflow.report.results)."""
         base = base_target(self.experiments[experiment].model)
         targets = [run_target(run) for run in self.experiment_runs(experiment).values()]
         return {
             name: {
                 "base": self.paths.panel_judged(base, name),
                 "finetuned": [self.paths.panel_judged(t, name) for t in targets],
+                "base_usage": self.paths.panel_judge_usage(base, name),
+                "finetuned_usage": [self.paths.panel_judge_usage(t, name) for t in targets],
             }
             for name in self.panel
         }

@@ -325,7 +325,7 @@ def test_a_config_without_a_panel_plans_every_rule_as_before(workdir):
     }  # fmt: skip
     with_panel = every_rules_plan(panel)
     for inputs in with_panel["results"].values():
-        del inputs["panel_judged"]
+        del inputs["panel_judged"], inputs["panel_usage"]
     assert with_panel == every_rules_plan(plain)
 
 
@@ -340,6 +340,10 @@ def test_a_panel_judge_has_its_own_params_inputs_and_files(workdir):
             "base": f"results/demo/{BASE}/judged.{PANEL}.csv",
             "finetuned": [
                 f"results/demo/runs/{MIXED}/seed{s}/judged.{PANEL}.csv" for s in (0, 1, 2)
+            ],
+            "base_usage": f"results/demo/{BASE}/judge_usage.{PANEL}.json",
+            "finetuned_usage": [
+                f"results/demo/runs/{MIXED}/seed{s}/judge_usage.{PANEL}.json" for s in (0, 1, 2)
             ],
         }
     }
