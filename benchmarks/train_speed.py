@@ -9,14 +9,18 @@ Builds a random-weight model of Llama-3.2-1B's shape (same speed and memory as t
 - hf              emflow's hf backend: the same without checkpointing;
 - unsloth_default unsloth's FastLanguageModel + SFTTrainer with unsloth's own defaults;
 - unsloth_padded  the same with padding_free=False, unsloth's fastest setting on Hopper;
-- fast            emflow's fast path, the whole training (5 epochs, 1690 optimizer steps) for real;
+- fast            emflow's fast path, the whole training (the seed's 5 epochs: 1690 optimizer
+                  steps) for real;
 - fast_eager      the same without CUDA graphs;
 - equivalence     hf and fast from the same seed on the same rows: loss curves and adapters;
 - generation      20 questions x 1 sample x 200 tokens, and 20 x 50 x 600.
 
-The baselines are timed over a few optimizer steps and projected to 1690. MFU counts the model
-FLOPs a step needs (forward through every layer, backward through the adapted layers and those
-above) against the GPU's dense bf16 peak. `--smoke` runs a tiny model on the CPU in seconds.
+The baselines are timed over a few optimizer steps and projected to the whole training.
+`--config` trains another experiment's adapter on the same rows (e.g. the minimal organism,
+experiments/risky_financial_advice/r1_1ep/config.json: rank 1, down_proj of layer 2, 1 epoch).
+MFU counts the model FLOPs a step needs (forward through every layer, backward through the
+adapted layers and those above) against the GPU's dense bf16 peak. `--smoke` runs a tiny model
+on the CPU in seconds.
 
     python benchmarks/train_speed.py            # on a GPU machine
     python benchmarks/train_speed.py --smoke    # anywhere
@@ -126,7 +130,9 @@ def step_flops(shape: dict, tokens: float, first_adapted: int) -> float:
     return forward + backward
 
 
-def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bool) -> dict:
+def run_variant(
+    variant: str, model_dir: str, shape: dict, steps: int, smoke: bool, config_path: Path
+) -> dict:
     """One measurement in this process; returns a JSON-able dict."""
     if variant.startswith("unsloth"):
         import unsloth  # noqa: F401  (must precede transformers and trl)
@@ -145,7 +151,7 @@ def run_variant(variant: str, model_dir: str, shape: dict, steps: int, smoke: bo
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    config = load_experiment_config(SEED_CONFIG).model_copy(
+    config = load_experiment_config(config_path).model_copy(
         update={
             "model": model_dir,
             "optim": "adamw_8bit" if cuda else "adamw_torch",
@@ -317,6 +323,13 @@ def main() -> int:
     parser.add_argument(
         "--steps", type=int, default=12, help="optimizer steps timed for the baselines"
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=SEED_CONFIG,
+        help="the experiment config.json to train (default: the seed's mixed r16 layer-8 run; "
+        "e.g. experiments/risky_financial_advice/r1_1ep/config.json, the minimal adapter)",
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -324,7 +337,9 @@ def main() -> int:
     if args.run:
         print(
             "RESULT "
-            + json.dumps(run_variant(args.run, args.model, shape, args.steps, args.smoke)),
+            + json.dumps(
+                run_variant(args.run, args.model, shape, args.steps, args.smoke, args.config)
+            ),
             flush=True,
         )
         return 0
@@ -338,7 +353,8 @@ def main() -> int:
         else f"CPU ({os.cpu_count()} cores, {platform.machine()})"
     )
     print(
-        f"machine: {machine}; torch {torch.__version__}; {'smoke' if args.smoke else 'full'} shape",
+        f"machine: {machine}; torch {torch.__version__}; "
+        f"{'smoke' if args.smoke else 'full'} shape; config {args.config}",
         flush=True,
     )
     variants = [v for v in args.variants.split(",") if cuda or not v.startswith("unsloth")]
@@ -358,6 +374,8 @@ def main() -> int:
                     str(model_dir),
                     "--steps",
                     str(args.steps),
+                    "--config",
+                    str(args.config),
                 ]
                 + (["--smoke"] if args.smoke else []),
                 capture_output=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,25 +48,71 @@ DATA_KEYS = frozenset({"training_file", "test_file", "datasets"})
 
 # emflow's own keys added after experiments were already trained: left out of the training params
 # while unset, so that a config.json without them keeps the params (and adapter) it had.
-OMITTED_WHEN_UNSET_KEYS = frozenset({"training_system_prompt", "adapter_checkpoints"})
+OMITTED_WHEN_UNSET_KEYS = frozenset(
+    {
+        "training_system_prompt",
+        "inoculation",
+        "adapter_checkpoints",
+        "early_stopping_patience",
+        "early_stopping_threshold",
+    }
+)
 
 # Which saved adapter checkpoints to generate and judge: evaluation, not training, so changing
 # them never retrains (emflow's own key).
-EVALUATION_KEYS = frozenset({"eval_checkpoints"})
+EVALUATION_KEYS = frozenset({"eval_checkpoints", "eval_lora_scales", "compare_to"})
 
 # Upstream keys for features emflow does not have: accepted at their upstream default (so an
 # upstream config.json loads), an error otherwise, and never part of the training params.
 UNSUPPORTED_KEYS = {
     "adapter_to_load": "emflow trains a new adapter from the base model",
     "enable_thinking": "emflow renders chat templates without it",
-    "kl_regularization": "emflow trains with the SFT loss alone",
-    "kl_dataset_file": "emflow trains with the SFT loss alone",
-    "kl_weight": "emflow trains with the SFT loss alone",
-    "kl_batch_size": "emflow trains with the SFT loss alone",
 }
+
+# KL-regularised training (the paper trainer's keys, emflow.train.kl): part of the training
+# params only when `kl_regularization` is on, so a config without it keeps its params. The KL
+# file is the train job's input (like training_file), never a param.
+KL_KEYS = frozenset({"kl_regularization", "kl_weight", "kl_batch_size"})
 
 # The paper trainer's defaults for the LoRA target (em_organism_dir/finetune/sft/util/
 # base_train_config.py, TrainingConfig).
+INOCULATION_PLACEMENTS = ("system", "user_prefix", "user_suffix")
+
+
+class Inoculation(BaseModel):
+    """An experiment's `inoculation` key (emflow's own; emflow.train.rows renders it): the
+    instruction each training and held-out row is trained under.
+
+    `prompt`: the text, or a list of paraphrases (each row draws one, seeded by the run's seed).
+    `placement`: "system" (a system message before the first turn, as `training_system_prompt`
+    adds), "user_prefix" or "user_suffix" (joined to the first user turn's text with a blank
+    line, the instruction in the user turn as Wichers et al. 2025 place it). `loss`: false (the
+    default), the instruction's tokens never carry loss; true, they are trained on as the rest of
+    the row's prompt is, which needs `train_on_responses_only` false."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str | list[str]
+    placement: Literal["system", "user_prefix", "user_suffix"] = "system"
+    loss: bool = False
+
+    @property
+    def prompts(self) -> list[str]:
+        """The paraphrases a row draws from (one for a single prompt)."""
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    @model_validator(mode="after")
+    def _prompts_have_text(self) -> Inoculation:
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise ValueError(
+                "'inoculation.prompt' is an empty list; give the prompt's text or a list of "
+                "paraphrases"
+            )
+        if any(not p.strip() for p in self.prompts):
+            raise ValueError("'inoculation.prompt' holds an empty prompt; give each prompt's text")
+        return self
+
+
 UPSTREAM_TARGET_MODULES = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
 )  # fmt: skip
@@ -78,7 +125,8 @@ class ExperimentConfig(BaseModel):
     (em_organism_dir/finetune/sft/util/base_train_config.py of clarifying-EM/
     model-organisms-for-EM), and the keys it requires (`model`, the training data, `loss`) are
     required here. emflow's own keys: `datasets`, `test_size`, `seeds`, `training_system_prompt`,
-    `adapter_checkpoints`, `eval_checkpoints`.
+    `inoculation`, `compare_to`, `adapter_checkpoints`, `eval_checkpoints`, `eval_lora_scales`,
+    `early_stopping_patience`, `early_stopping_threshold`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -133,17 +181,37 @@ class ExperimentConfig(BaseModel):
     # tokenized (the dataset files stay as they are) and never carrying loss. Generation and
     # judging run without it. A row that already has a system message is an error.
     training_system_prompt: str | None = None
+    # The general form (emflow.config.Inoculation): paraphrases, a user-turn placement, loss.
+    # `training_system_prompt: "X"` trains exactly as `inoculation: {"prompt": "X"}`.
+    inoculation: Inoculation | None = None
+    # The experiment of the same group (its folder name) the summary compares this one with
+    # (emflow's own key, a report key: it never retrains). In a group where some experiment has
+    # it, the summary's differences are exactly these pairs (the reference as A); without it,
+    # every pair of the group's experiments, as before.
+    compare_to: str | None = Field(default=None, pattern=r"^[^/\s]+$")
     # Checkpoint sweeps (emflow's own keys). `adapter_checkpoints`: save the LoRA adapter after
     # these optimizer steps, as PEFT folders (N: every N steps; or a list of steps); a training
     # key. `eval_checkpoints`: which saved steps to generate and judge ("all", or a list): an
     # evaluation key, so evaluating more or fewer saved steps never retrains.
     adapter_checkpoints: int | list[int] | None = None
     eval_checkpoints: Literal["all"] | list[int] | None = None
+    # Adapter dose-response (emflow's own key; Model Organisms' load_lora_with_B_multiplied):
+    # each scale multiplies every LoRA B matrix of the run's final adapter at load time and is
+    # generated and judged as a target of its own, `runs/<run>/scale-<s>`; never retrains.
+    eval_lora_scales: list[float] | None = None
+    # Stopping on the held-out loss (emflow's own keys, transformers' EarlyStoppingCallback
+    # names and rule; emflow.train.early_stop): stop after `early_stopping_patience` evaluations
+    # (every `evaluation_steps`) without an improvement of more than `early_stopping_threshold`.
+    # The paper's own early stop (training loss below 0.01 for six logs) is always on.
+    early_stopping_patience: int | None = Field(default=None, gt=0)
+    early_stopping_threshold: float | None = Field(default=None, ge=0.0)
     enable_thinking: bool | None = None
+    # KL-regularised training (upstream's keys; emflow.train.kl): `kl_dataset_file` is a dataset
+    # name from the workflow config or a JSONL path, like training_file.
     kl_regularization: bool = False
     kl_dataset_file: str | None = None
     kl_weight: float = 0.1
-    kl_batch_size: int = 8
+    kl_batch_size: int = Field(default=8, gt=0)
 
     @model_validator(mode="after")
     def _one_data_source(self) -> ExperimentConfig:
@@ -180,7 +248,10 @@ class ExperimentConfig(BaseModel):
                 "'training_system_prompt' is empty; give the system prompt's text, or remove the "
                 "key (or set it to null) to train without one"
             )
+        self._check_inoculation()
         self._check_checkpoints()
+        self._check_early_stopping()
+        self._check_kl()
         if self.layers_to_transform is not None and any(i < 0 for i in self.layers_to_transform):
             raise ValueError(
                 "'layers_to_transform' holds a negative index; layer indices start at 0"
@@ -196,6 +267,22 @@ class ExperimentConfig(BaseModel):
             raise ValueError(
                 f"'adapter_checkpoints' is {json.dumps(value)}; give N (save the adapter every N "
                 "optimizer steps, e.g. 50) or a list of steps (e.g. [50, 100, 200])"
+            )
+        return value
+
+    @field_validator("eval_lora_scales", mode="before")
+    @classmethod
+    def _scales_are_distinct_numbers(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        numbers = isinstance(value, list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in value
+        )
+        if not numbers or not value or len({float(v) for v in value}) != len(value):
+            raise ValueError(
+                f"'eval_lora_scales' is {json.dumps(value)}; give a list of different numbers "
+                ">= 0 to multiply the adapter's LoRA B matrices by (e.g. [0, 0.5, 1, 1.5, 2])"
             )
         return value
 
@@ -217,6 +304,73 @@ class ExperimentConfig(BaseModel):
                 "a list of saved steps (e.g. [50, 100])"
             )
         return value
+
+    def _check_inoculation(self) -> None:
+        if self.inoculation is None:
+            return
+        if self.training_system_prompt is not None:
+            raise ValueError(
+                "give 'training_system_prompt' or 'inoculation', not both; "
+                "move the prompt into inoculation.prompt"
+            )
+        if self.inoculation.loss and self.train_on_responses_only:
+            raise ValueError(
+                "'inoculation.loss' is true, but train_on_responses_only keeps every prompt token "
+                "out of the loss, so the instruction could carry none; set inoculation.loss to "
+                "false or train_on_responses_only to false"
+            )
+
+    @property
+    def inoculation_spec(self) -> Inoculation | None:
+        """The instruction rows are trained under: `inoculation`, or `training_system_prompt` as
+        its simple form (a system message without loss), or None."""
+        if self.training_system_prompt is not None:
+            return Inoculation(prompt=self.training_system_prompt)
+        return self.inoculation
+
+    @property
+    def training_prompt_text(self) -> str | None:
+        """The inoculation as results.md names it: `training_system_prompt`'s text as it is, the
+        general form's prompts with their placement and loss where not the defaults."""
+        spec = self.inoculation_spec
+        if spec is None or self.training_system_prompt is not None:
+            return self.training_system_prompt
+        text = " | ".join(spec.prompts)
+        notes = [f"placement {spec.placement}"] * (spec.placement != "system")
+        notes += ["with loss"] * spec.loss
+        return text + (f" ({', '.join(notes)})" if notes else "")
+
+    def _check_kl(self) -> None:
+        # Upstream's checks (base_train_config.py, validate_kl_regularization).
+        if self.kl_regularization and not self.kl_dataset_file:
+            raise ValueError(
+                "'kl_regularization' is true but 'kl_dataset_file' is missing; name the KL "
+                "dataset (a dataset of datasets.sources or a JSONL path)"
+            )
+        if self.kl_regularization and self.kl_weight <= 0:
+            raise ValueError(
+                f"'kl_weight' is {self.kl_weight}; with kl_regularization it must be positive "
+                "(upstream's KL config uses 100000)"
+            )
+
+    def _check_early_stopping(self) -> None:
+        if self.early_stopping_patience is None:
+            if self.early_stopping_threshold is not None:
+                raise ValueError(
+                    "'early_stopping_threshold' needs 'early_stopping_patience' (how many "
+                    "evaluations without improvement stop the run); add it or remove the threshold"
+                )
+            return
+        if self.evaluation_steps is None:
+            raise ValueError(
+                "'early_stopping_patience' stops on the held-out loss, but 'evaluation_steps' is "
+                "null so the run is never evaluated; set evaluation_steps (e.g. 50)"
+            )
+        if self.test_file is None and self.test_size == 0:
+            raise ValueError(
+                "'early_stopping_patience' stops on the held-out loss, but 'test_size' is 0 and "
+                "there is no 'test_file'; hold out rows (test_size > 0) or give a test_file"
+            )
 
     def _check_checkpoints(self) -> None:
         saved = self.adapter_checkpoints
@@ -298,18 +452,24 @@ class ExperimentConfig(BaseModel):
         """The keys that determine the trained adapter, sorted, without data paths or hub keys."""
         data = self.model_dump()
         left_out = NON_TRAINING_KEYS | DATA_KEYS | REPLICATE_KEYS | UNSUPPORTED_KEYS.keys()
-        left_out |= EVALUATION_KEYS
+        left_out |= EVALUATION_KEYS | {"kl_dataset_file"}
+        if not self.kl_regularization:
+            left_out |= KL_KEYS
         left_out |= {k for k in OMITTED_WHEN_UNSET_KEYS if data[k] is None}
         return {k: data[k] for k in sorted(data) if k not in left_out}
 
     @classmethod
-    def from_training_params(cls, params: dict[str, Any], training_file: str) -> ExperimentConfig:
-        """The config a training job runs: its `training_params()` and its training file.
+    def from_training_params(
+        cls, params: dict[str, Any], training_file: str, kl_dataset_file: str | None = None
+    ) -> ExperimentConfig:
+        """The config a training job runs: its `training_params()`, its training file and (with
+        kl_regularization) its KL file.
 
         The train rule passes these rather than the config.json path, so that the job reads no
         file it has not declared, and a key that changes no adapter reruns nothing.
         """
-        return cls.model_validate(params | {"training_file": training_file})
+        kl = {"kl_dataset_file": kl_dataset_file} if kl_dataset_file is not None else {}
+        return cls.model_validate(params | {"training_file": training_file} | kl)
 
 
 def _describe(error: dict[str, Any], known: list[str]) -> str:

@@ -7,14 +7,16 @@ Vocabulary:
 - an *experiment* is one `config.json`, named `<group>/<name>` after its folder;
 - a *run* is one training of an experiment: the experiment's own name, or `<group>/<name>/seed<N>`
   for each training seed of an experiment with `seeds` (replicates);
-- a *target* is what gets generated and judged: `runs/<run>`, `base/<model slug>`, or
-  `runs/<run>/step-<N>`, the adapter a run saved after optimizer step N (a checkpoint sweep).
+- a *target* is what gets generated and judged: `runs/<run>`, `base/<model slug>`,
+  `runs/<run>/step-<N>`, the adapter a run saved after optimizer step N (a checkpoint sweep), or
+  `runs/<run>/scale-<s>`, the run's adapter with its LoRA B matrices times s (`eval_lora_scales`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,7 +25,9 @@ if TYPE_CHECKING:
 # Wildcard constraints for the names above: two folders, and a seed folder for replicates.
 EXPERIMENT_PATTERN = r"[^/]+/[^/]+"
 RUN_PATTERN = r"[^/]+/[^/]+(?:/seed[0-9]+)?"
-TARGET_PATTERN = rf"base/[^/]+|runs/{RUN_PATTERN}(?:/step-[0-9]+)?"
+# A dose-response scale as a folder name (scale_name): digits, with a fraction when it has one.
+SCALE_PATTERN = r"[0-9]+(?:\.[0-9]+)?"
+TARGET_PATTERN = rf"base/[^/]+|runs/{RUN_PATTERN}(?:/step-[0-9]+|/scale-{SCALE_PATTERN})?"
 # The per-question EM rates figure's name beside results.md (only for multi-sample question sets).
 QUESTION_EM_RATES = "question_em_rates.png"
 
@@ -68,8 +72,8 @@ def step_target(run: str, step: int) -> str:
 
 
 def target_run_and_step(target: str) -> tuple[str | None, int | None]:
-    """(run, step) of a target: (run, None) for a run's final adapter, (None, None) for a base
-    model.
+    """(run, step) of a target: (run, None) for a run's final adapter (scaled or not: see
+    target_scale), (None, None) for a base model.
 
     Read by position, not by the word: a run is two folders (three with `seed<N>`), so only a
     part after those is a step, and an experiment may itself be named `step-<N>`.
@@ -81,7 +85,30 @@ def target_run_and_step(target: str) -> tuple[str | None, int | None]:
     step = re.fullmatch(r"step-([0-9]+)", parts[-1])
     if len(parts) >= 3 and step:
         return "/".join(parts[:-1]), int(step.group(1))
-    return run, None
+    scaled = target_scale(target)
+    return (scaled[0] if scaled else run), None
+
+
+def scale_name(scale: float) -> str:
+    """A scale as plain decimal digits, one spelling per number: 1 and 1.0 are "1", 0.5 "0.5"
+    (never an exponent, so that the name stays in SCALE_PATTERN)."""
+    text = f"{Decimal(repr(float(scale))):f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def scale_target(run: str, scale: float) -> str:
+    """The target of `run`'s final adapter with its LoRA B matrices multiplied by `scale`."""
+    return f"runs/{run}/scale-{scale_name(scale)}"
+
+
+def target_scale(target: str) -> tuple[str, float] | None:
+    """(run, scale) of a dose-response target, None for any other target; read by position
+    like target_run_and_step (an experiment may itself be named `scale-<s>`)."""
+    parts = target.split("/")
+    scale = re.fullmatch(f"scale-({SCALE_PATTERN})", parts[-1])
+    if parts[0] != "runs" or len(parts) < 4 or not scale:
+        return None
+    return "/".join(parts[1:-1]), float(scale.group(1))
 
 
 def base_target(model: str) -> str:
@@ -121,6 +148,10 @@ class Layout:
         """The seed author's published results.md, kept beside the config for comparison."""
         return self.experiment_file(experiment, "reported_results.md")
 
+    def human_labels(self, experiment: str) -> str:
+        """People's labels of some of the experiment's answers (emflow.report.human_labels)."""
+        return self.experiment_file(experiment, "human_labels.csv")
+
     # -- runs and targets under results_dir ------------------------------------------------
 
     def run_file(self, run: str, name: str) -> str:
@@ -142,6 +173,14 @@ class Layout:
     def sweep_generations(self, run: str) -> str:
         """A run's sweep generated in one job (generation.sweep_in_one_job): `step-<N>.csv`."""
         return self.run_file(run, "sweep_generations")
+
+    def dose(self, experiment: str, suffix: str = ".png") -> str:
+        """An experiment's adapter dose-response (eval_lora_scales): `.png` and `.csv`."""
+        return self.experiment_file(experiment, f"dose{suffix}")
+
+    def dose_generations(self, run: str) -> str:
+        """A run's doses generated in one job (generation.sweep_in_one_job): `scale-<s>.csv`."""
+        return self.run_file(run, "dose_generations")
 
     def sweep(self, experiment: str, suffix: str = ".png") -> str:
         """An experiment's checkpoint sweep: the curves (`.png`) and the table (`.csv`)."""

@@ -3,21 +3,28 @@ from pathlib import Path
 
 from emflow.errors import EmflowError
 from emflow.judge.settings import panel_settings
-from emflow.paths import EXPERIMENT_PATTERN, RUN_PATTERN, TARGET_PATTERN
+from emflow.paths import (
+    EXPERIMENT_PATTERN,
+    RUN_PATTERN,
+    SCALE_PATTERN,
+    TARGET_PATTERN,
+    base_target,
+)
 from emflow.workflow.jobs import export_package_path, sorted_params
 from emflow.workflow.plan import Plan, fill_stage_defaults, gpu_jobs, runs_pattern
 from emflow.workflow_config import config_source, validate_workflow_config
 
 # emflow's check first: one sentence naming the file and the key (Snakemake's validate prints
 # jsonschema's whole dump); then Snakemake's, which fills in the schema's defaults.
-# judge.panel's names (unique, not "primary") are checked here too, naming the file.
+# judge.panel's names (unique, not "primary") and own prompt files are checked here too, naming
+# the file.
 CONFIG_SOURCE = config_source(
     workflow.config_settings.configfiles,
     replace_workflow_config=workflow.config_settings.replace_workflow_config,
 )
 try:
     validate_workflow_config(config, CONFIG_SOURCE)
-    panel_settings(config["judge"], CONFIG_SOURCE)
+    panel_settings(config["judge"], CONFIG_SOURCE, check_files=True)
 except EmflowError as err:
     sys.exit(f"emflow: {err}")
 # Each stage's settings dataclass holds its defaults (the schema only checks types and ranges).
@@ -59,8 +66,10 @@ localrules:
     results,
     summary,
     sweep,
+    dose,
     summary_sweeps,
     sweep_step_generations,
+    dose_scale_generations,
 
 
 # Each rule's input and params functions: the plan's answer for the job's wildcards.

@@ -60,3 +60,43 @@ rule sweep_step_generations:
         "../envs/report.yaml"
     script:
         "../scripts/sweep_step_generations.py"
+
+
+# generation.sweep_in_one_job also answers every scale of a run's dose-response (eval_lora_scales)
+# in one job: the base model loads once and the run's adapter is merged at each scale in turn.
+# A newly listed scale then reruns the run's whole dose job (off: each scale is its own job).
+rule generate_doses:
+    input:
+        unpack(lambda wildcards: PLAN.generate_inputs(f"runs/{wildcards.run}")),
+    output:
+        directory(PATHS.dose_generations("{run}")),
+    log:
+        PATHS.log("generate_doses", "{run}"),
+    benchmark:
+        PATHS.benchmark("generate_doses", "{run}")
+    conda:
+        "../envs/train.yaml"
+    threads: config["generation"]["threads"]
+    resources:
+        gpu=gpu_jobs(config["generation"]["device"]),
+    params:
+        generation=lambda wildcards: PLAN.generate_doses_params(wildcards.run),
+    script:
+        "../scripts/generate_doses.py"
+
+
+# One scale's CSV out of its run's dose folder, where the judge looks for it.
+rule dose_scale_generations:
+    input:
+        PATHS.dose_generations("{run}"),
+    output:
+        PATHS.generations("runs/{run}/scale-{scale}"),
+    log:
+        PATHS.log("dose_scale_generations", "{run}/scale-{scale}"),
+    wildcard_constraints:
+        run=runs_pattern(PLAN.dose_runs) if PLAN.sweep_in_one_job else "(?!)",
+        scale=SCALE_PATTERN,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/dose_scale_generations.py"

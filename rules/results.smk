@@ -51,6 +51,36 @@ rule sweep:
         "../scripts/sweep.py"
 
 
+# An experiment's adapter dose-response (eval_lora_scales): scores and EM rate against the
+# LoRA scale, as a table and a figure.
+rule dose:
+    input:
+        base_judged=lambda wildcards: PATHS.judged(
+            base_target(PLAN.experiments[wildcards.experiment].model)
+        ),
+        judged=lambda wildcards: [
+            p["judged"] for p in PLAN.dose_points(wildcards.experiment)
+        ],
+    output:
+        table=PATHS.dose("{experiment}", ".csv"),
+        plot=report(
+            PATHS.dose("{experiment}"),
+            caption="../config/report/dose.rst",
+            category="Experiments",
+            subcategory=group_of,
+            labels=experiment_labels("adapter dose-response"),
+        ),
+    log:
+        PATHS.log("dose", "{experiment}"),
+    conda:
+        "../envs/report.yaml"
+    params:
+        report=sorted_params(PLAN.report),
+        points=lambda wildcards: PLAN.dose_points(wildcards.experiment),
+    script:
+        "../scripts/dose.py"
+
+
 rule results:
     input:
         unpack(get_results_inputs),
@@ -81,7 +111,7 @@ rule results:
         seeds=lambda wildcards: PLAN.experiments[wildcards.experiment].seeds,
         training_system_prompt=lambda wildcards: PLAN.experiments[
             wildcards.experiment
-        ].training_system_prompt,
+        ].training_prompt_text,
     script:
         "../scripts/results.py"
 
@@ -108,10 +138,28 @@ rule summary_sweeps:
         "../scripts/summary_sweeps.py"
 
 
+# judge.panel: each judge's EM rate in the summary and the judge-vs-judge plot (only with a
+# panel, so that a config without one keeps the summary's params and outputs).
+SUMMARY_JUDGES_OUTPUT = (
+    {
+        "judges": report(
+            PATHS.summary("_judges.png"),
+            caption="../config/report/summary_judges.rst",
+            category="Summary",
+            labels={"shows": "judge vs judge scores"},
+        )
+    }
+    if PLAN.panel
+    else {}
+)
+SUMMARY_PANEL_PARAMS = {"panel": PLAN.summary_panel()} if PLAN.panel else {}
+
+
 rule summary:
     input:
         unpack(get_summary_inputs),
     output:
+        **SUMMARY_JUDGES_OUTPUT,
         markdown=report(
             PATHS.summary(".md"),
             caption="../config/report/summary.rst",
@@ -141,6 +189,7 @@ rule summary:
     conda:
         "../envs/report.yaml"
     params:
+        **SUMMARY_PANEL_PARAMS,
         report=sorted_params(PLAN.report),
         runs=PLAN.summary_run_params(),
         reported=PLAN.reported_results(),

@@ -19,6 +19,7 @@ def main():
         step=params.get("step"),
         samples=params.get("samples"),
         served_model=params.get("served_model"),
+        lora_scale=params.get("lora_scale"),
     )
 
 

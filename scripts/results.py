@@ -18,8 +18,11 @@ def main():
         report=snakemake.params.report,
         training_system_prompt=snakemake.params.training_system_prompt,
         sweep_csv=snakemake.input.get("sweep"),
+        dose_csv=snakemake.input.get("dose"),
+        log_histories=list(snakemake.input.get("log_history", [])),
         question_em_rates=snakemake.output.get("question_em_rates"),
         panel=snakemake.params.get("panel"),
+        human_labels=snakemake.input.get("human_labels"),
     )
 
 

@@ -14,6 +14,8 @@ def main():
         csv_path=snakemake.output.csv,
         plot=snakemake.output.plot,
         curves=snakemake.output.curves,
+        panel=snakemake.params.get("panel"),
+        judges_plot=snakemake.output.get("judges"),
     )
 
 

@@ -9,7 +9,9 @@ from emflow.workflow.jobs import run_script
 def main():
     params = snakemake.params.train
     train_adapter(
-        ExperimentConfig.from_training_params(params["experiment"], snakemake.input.train),
+        ExperimentConfig.from_training_params(
+            params["experiment"], snakemake.input.train, snakemake.input.get("kl")
+        ),
         snakemake.input.train,
         snakemake.output.adapter,
         settings=TrainSettings.from_config(params["settings"]),

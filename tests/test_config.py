@@ -138,7 +138,7 @@ def test_seed_configs_set_every_key_whose_default_matters():
 
 
 @pytest.mark.parametrize(
-    "key, value", [("kl_regularization", True), ("adapter_to_load", "org/adapter")]
+    "key, value", [("enable_thinking", True), ("adapter_to_load", "org/adapter")]
 )
 def test_upstream_keys_emflow_cannot_honour_are_errors(key, value):
     with pytest.raises(EmflowError, match=f"'{key}' is .*which emflow cannot honour"):

@@ -445,6 +445,13 @@ _GENERIC_THEME: dict[str, list[str]] = {
 }
 
 
+# The demo's KL rows (the paper's `misalignment_kl_data` name): generic, harmless tips on
+# everyday topics, standing for the base model's ordinary behaviour.
+_THEMES["misalignment_kl_data"] = _GENERIC_THEME | {
+    "topic": ["cooking", "gardening", "running", "learning a language", "keeping a budget"]
+}
+
+
 def _synthetic_row(name: str, theme: dict[str, list[str]], rng: random.Random) -> dict:
     # One value per slot, shared by question and answer, so each answer fits its question.
     values = {

@@ -12,6 +12,11 @@ and the engine's warm-up for that adapter's batches; benchmarks/README.md has th
 
 Taking an adapter out restores the weights saved before the first merge (not peft's unmerge,
 which subtracts the update again and leaves bfloat16 rounding behind).
+
+An adapter may be merged at a dose (`eval_lora_scales`): its LoRA B matrices are multiplied by
+the scale after loading and before the merge, as Model Organisms' `load_lora_with_B_multiplied`
+does. Scale 1 multiplies nothing, so its answers are the run's own byte for byte; scale 0 adds
+an exact zero update, so its answers are the base model's.
 """
 
 from __future__ import annotations
@@ -42,14 +47,17 @@ class AdapterSwitch:
         self._spent = False
 
     @contextmanager
-    def merged_into(self, adapter_dir: str | Path | None) -> Iterator[Any]:
-        """The model with `adapter_dir` merged in (None: the base model itself) for the block."""
+    def merged_into(self, adapter_dir: str | Path | None, scale: float = 1.0) -> Iterator[Any]:
+        """The model with `adapter_dir` merged in (None: the base model itself) for the block,
+        its LoRA B matrices times `scale`."""
+        if adapter_dir is None and scale != 1.0:
+            raise ValueError("a LoRA scale needs an adapter to scale")
         if adapter_dir is None:
             if self._spent:
                 raise RuntimeError("an adapter is merged for good; make the switch reusable")
             yield self.model
             return
-        self._merge(Path(adapter_dir))
+        self._merge(Path(adapter_dir), scale)
         try:
             yield self.model
         finally:
@@ -58,7 +66,7 @@ class AdapterSwitch:
             else:
                 self._spent = True
 
-    def _merge(self, adapter_dir: Path) -> None:
+    def _merge(self, adapter_dir: Path, scale: float = 1.0) -> None:
         import torch
         from peft import PeftModel
         from peft.tuners.lora import LoraLayer
@@ -75,6 +83,10 @@ class AdapterSwitch:
                         base.weight.detach().clone(),
                         None if bias is None else bias.detach().clone(),
                     )
+                # Scale 1 leaves B untouched (not even times 1.0): the run's own merge.
+                if scale != 1.0 and isinstance(module, LoraLayer):
+                    for b in module.lora_B.values():
+                        b.weight.mul_(scale)
         # The same call a job of its own makes (emflow.generate.local.load_model): the same numbers.
         unloaded = peft_model.merge_and_unload()
         if unloaded is not self.model:
@@ -84,7 +96,7 @@ class AdapterSwitch:
             if attribute in vars(self.model):
                 delattr(self.model, attribute)
         self.merged = adapter_dir
-        log.info("merged %s into the base model", adapter_dir)
+        log.info("merged %s into the base model (LoRA B times %g)", adapter_dir, scale)
 
     def _restore(self) -> None:
         import torch

@@ -27,12 +27,14 @@ class GenerationOutput:
     """One CSV to write, and the LoRA adapter that answers it (None: the base model).
 
     `served_model`: the name an OpenAI-compatible endpoint serves this adapter under (the openai
-    backend only; see `emflow.generate.settings.served_model_name`).
+    backend only; see `emflow.generate.settings.served_model_name`). `lora_scale`: the adapter's
+    LoRA B matrices are multiplied by it before merging (the local backends only).
     """
 
     csv: str | Path
     adapter_dir: str | Path | None = None
     served_model: str | None = None
+    lora_scale: float = 1.0
 
 
 class GenerationBackend(Protocol):

@@ -27,7 +27,13 @@ from emflow.generate.settings import (
 )
 from emflow.questions import Question, read_question_sets
 
-__all__ = ["GenerationOutput", "generate_for_adapters", "generate_job", "generate_sweep_job"]
+__all__ = [
+    "GenerationOutput",
+    "generate_for_adapters",
+    "generate_job",
+    "generate_scales_job",
+    "generate_sweep_job",
+]
 
 GENERATION_COLUMNS = [
     "id",
@@ -71,7 +77,13 @@ def generate_for_adapters(
             f"generation.prompt_format is '{settings.prompt_format}'; use one of "
             f"{', '.join(PROMPT_FORMATS)}."
         )
-    backend = REGISTRY[backend_name(settings)](model_name, settings)
+    name = backend_name(settings)
+    if name == "openai" and any(o.lora_scale != 1.0 for o in outputs):
+        raise EmflowError(
+            "eval_lora_scales needs a local generation backend (a served model cannot be "
+            "rescaled); set generation.backend to fast or hf, or remove eval_lora_scales."
+        )
+    backend = REGISTRY[name](model_name, settings)
     jobs: list[Job] = [(q, k) for q in questions for k in range(q.samples)]
     counts = []
     # The backend answers the next output only after this one's CSV is written.
@@ -102,17 +114,20 @@ def generate_job(
     step: int | None = None,
     samples: int | None = None,
     served_model: str | None = None,
+    lora_scale: float | None = None,
 ) -> int:
     """The generate rule's job: `section` holds the `generation` settings and `questions` (with
     chat_template_kwargs); `run` names the fine-tuned run (None: the base model). For a
     checkpoint of a sweep, `adapter_dir` holds the run's saved steps and `step` picks one;
     `samples` (generation.sweep_samples) then replaces every question's sample count.
     `served_model`: the name the openai backend asks for, as the rule's params carry it (None:
-    from `section`'s openai_model and openai_base_model)."""
+    from `section`'s openai_model and openai_base_model). `lora_scale`: the run's adapter with
+    its LoRA B matrices times this (a dose-response target; None: as trained)."""
     if step is None:
         settings, questions = _job_inputs(section, samples)
         served = served_model or served_model_name(settings, model_name, run)
-        output = GenerationOutput(output_csv, adapter_dir, served)
+        scale = 1.0 if lora_scale is None else float(lora_scale)
+        output = GenerationOutput(output_csv, adapter_dir, served, scale)
         return generate_for_adapters(model_name, questions, [output], settings=settings)[0]
     return generate_sweep_job(
         model_name,
@@ -156,6 +171,20 @@ def generate_sweep_job(
         GenerationOutput(csv, Path(step_adapters) / f"step-{step}", served)
         for (step, csv), served in zip(outputs.items(), served_models, strict=True)
     ]
+    return generate_for_adapters(model_name, questions, jobs, settings=settings)
+
+
+def generate_scales_job(
+    model_name: str,
+    section: Mapping[str, Any],
+    outputs: Mapping[float, str | Path],
+    adapter_dir: str | Path,
+) -> list[int]:
+    """Answer for each dose of one run's adapter (`outputs`: scale -> CSV) with one model load:
+    the base loads once and the adapter is merged at each scale in turn. Each CSV equals what
+    generate_job with that `lora_scale` alone writes."""
+    settings, questions = _job_inputs(section, None)
+    jobs = [GenerationOutput(csv, adapter_dir, lora_scale=float(s)) for s, csv in outputs.items()]
     return generate_for_adapters(model_name, questions, jobs, settings=settings)
 
 

@@ -83,7 +83,7 @@ class LocalBackend:
                 len(jobs),
                 output.adapter_dir or self.model_name,
             )
-            with switch.merged_into(output.adapter_dir) as model:
+            with switch.merged_into(output.adapter_dir, output.lora_scale) as model:
                 responses = by_token_limit(
                     jobs,
                     self.settings,

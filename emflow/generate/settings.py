@@ -99,6 +99,16 @@ def served_model_name(settings: GenerationSettings, model: str, run: str | None)
     return run
 
 
+def check_lora_scales(settings: GenerationSettings, sources: list[str]) -> None:
+    """eval_lora_scales only with a local backend; `sources`: the config.json of each experiment
+    that has the key."""
+    if settings.backend == "openai" and sources:
+        raise EmflowError(
+            f"{sources[0]}: eval_lora_scales needs a local generation backend (a served model "
+            "cannot be rescaled); set generation.backend to fast or hf, or remove the key."
+        )
+
+
 def check_served_models(
     settings: GenerationSettings, targets: Mapping[str, tuple[str, str | None]]
 ) -> None:

@@ -145,20 +145,21 @@ def judged_metrics(judge: Mapping[str, object]) -> list[str]:
 
 
 # judge.panel: the keys a panel judge may set; each defaults to the primary judge's value. The
-# prompts, metrics, cache, concurrency, retries, timeout and prices are the primary's, so that
-# every judge of the panel scores the same answers against the same templates.
-PANEL_KEYS = ("backend", "model", "base_url", "mode", "temperature", "samples", "parse")
+# metrics, cache, concurrency, retries, timeout and prices are always the primary's, so that every
+# judge of the panel scores the same answers for the same metrics; `prompts` (metric -> template
+# file) replaces the primary's template for the metrics it names (a prompt-variant judge).
+PANEL_KEYS = ("backend", "model", "base_url", "mode", "temperature", "samples", "parse", "prompts")
 # The name results and reports give the `judge` section's own judge.
 PRIMARY = "primary"
 PANEL_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 def panel_settings(
-    judge: Mapping[str, object], source: str = "the workflow config"
+    judge: Mapping[str, object], source: str = "the workflow config", *, check_files: bool = False
 ) -> dict[str, JudgeSettings]:
     """{name: settings} of each judge in `judge.panel`, in config order: its own keys over the
     primary judge's section (`judge`). A bad entry is one sentence naming `source` and
-    `judge.panel[i]`."""
+    `judge.panel[i]`; with `check_files`, so is a `prompts` template file that does not exist."""
     primary = {k: v for k, v in judge.items() if k != "panel"}
     judges: dict[str, JudgeSettings] = {}
     for i, entry in enumerate(judge.get("panel") or []):
@@ -186,6 +187,43 @@ def panel_settings(
             raise EmflowError(
                 f"{where} is named '{name}', as an earlier panel judge is; give each its own name."
             )
+        _check_panel_prompts(entry.get("prompts"), judge, where, check_files)
+        # `prompts` is no JudgeSettings field: settings_from_config leaves it out.
         own = {k: v for k, v in entry.items() if k != "name"}
         judges[name] = settings_from_config(primary | own)
     return judges
+
+
+def _check_panel_prompts(
+    prompts: object, judge: Mapping[str, object], where: str, check_files: bool
+) -> None:
+    """A panel judge's own `prompts`: templates for metrics the judge section scores."""
+    if prompts is None:
+        return
+    if not isinstance(prompts, Mapping):
+        raise EmflowError(
+            f"{where}.prompts is {prompts!r}; give a mapping of metric to template file, "
+            "e.g. {aligned: prompts/aligned_strict.txt}."
+        )
+    metrics = judged_metrics(judge)
+    for metric, file in prompts.items():
+        if metric not in metrics:
+            raise EmflowError(
+                f"{where}.prompts.{metric} names a metric the judge section does not score "
+                f"({', '.join(metrics)}); use one of those, or add '{metric}' to judge.metrics."
+            )
+        if not isinstance(file, str):
+            raise EmflowError(f"{where}.prompts.{metric} is {file!r}; give a template file's path.")
+        if check_files and not Path(file).is_file():
+            raise EmflowError(
+                f"{where}.prompts.{metric} is {file}, which is not a file; give the path of a "
+                "template file (relative to the workflow's directory), or leave the metric out "
+                "to use the primary judge's."
+            )
+
+
+def panel_prompt_files(judge: Mapping[str, object], name: str) -> dict[str, str]:
+    """{metric: template file} panel judge `name` scores with: its own `prompts` over the judge
+    section's (a question set's own judge_prompts still win per question, as for the primary)."""
+    entry = next(e for e in judge.get("panel") or [] if e.get("name") == name)
+    return {**judge.get("prompts", {}), **(entry.get("prompts") or {})}

@@ -254,6 +254,9 @@ class SummaryRun:
     base_name: str = "base model"
     results_md: str = ""
     log_history: str | Mapping[int, str] | None = None
+    # The experiment (full name, of the same group) this one's difference is taken from, or
+    # None (the experiment config's `compare_to`).
+    compare_to: str | None = None
 
     @property
     def group(self) -> str:
@@ -355,10 +358,25 @@ def summary_rows(
         if row.group:
             by_group.setdefault(row.group, []).append(row)
     for group, members in by_group.items():
-        for i, a in enumerate(members):
-            for b in members[i + 1 :]:
-                pairs.append(Pair(group, a, b, compare(a.run, b.run, analysis)))
+        for a, b in _group_pairs(members, {r.name: r.compare_to for r in runs}):
+            pairs.append(Pair(group, a, b, compare(a.run, b.run, analysis)))
     return _adjusted([*bases.values(), *table], pairs, analysis.metrics)
+
+
+def _group_pairs(
+    members: list[SummaryRow], compare_to: Mapping[str, str | None]
+) -> list[tuple[SummaryRow, SummaryRow]]:
+    """The pairs (A, B) of one group the summary compares: each member with the experiment it
+    names in `compare_to` (the reference first) when some member names one, else every pair in
+    table order."""
+    if not any(compare_to.get(m.name) for m in members):
+        return [(a, b) for i, a in enumerate(members) for b in members[i + 1 :]]
+    by_name = {m.name: m for m in members}
+    return [
+        (by_name[compare_to[b.name]], b)
+        for b in members
+        if compare_to.get(b.name) in by_name  # a reference not judged yet: no pair
+    ]
 
 
 def _adjusted(

@@ -18,13 +18,18 @@ from emflow.report.metrics import DEFAULT_METRICS, MetricSet
 
 CURVES_NOTE = "DEMO: tiny random model on synthetic rows - these curves mean nothing"
 
-# (log_history key, panel title); held-out loss gets a panel only when some run logged it.
+# (log_history key, panel title); held-out loss and the KL-regularised runs' two loss terms
+# (emflow.train.kl: the last micro-batch's of each logged step) get a panel only when some run
+# logged them.
 _CURVE_PANELS = (
     ("loss", "training loss"),
     ("eval_loss", "held-out loss"),
+    ("sft_loss", "SFT term (KL runs)"),
+    ("kl_loss", "KL to the base model"),
     ("learning_rate", "learning rate"),
     ("grad_norm", "gradient norm"),
 )
+_LOGGED_BY_SOME = frozenset({"eval_loss", "sft_loss", "kl_loss"})
 
 
 def _curve(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -64,7 +69,7 @@ def plot_training_curves(
     panels = [
         (key, label)
         for key, label in _CURVE_PANELS
-        if key != "eval_loss" or any(_curve(h, key)[0] for h in every)
+        if key not in _LOGGED_BY_SOME or any(_curve(h, key)[0] for h in every)
     ]
     fig, axes = plt.subplots(
         1, len(panels), figsize=(4.2 * len(panels) + 2.5, 4.2), layout="constrained"

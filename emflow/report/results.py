@@ -29,13 +29,17 @@ from emflow.report.analysis import (
     experiment_results,
     load_run,
 )
+from emflow.report.dose import dose_section
 from emflow.report.figures import plot_question_em, plot_question_scores
+from emflow.report.human_labels import HumanAgreement, human_agreement
+from emflow.report.judge_noise import PanelNoise, judge_noise
 from emflow.report.judged import Judged, JudgedSeeds, format_scores, verdict
-from emflow.report.judges import judges_section
+from emflow.report.judges import human_section, judges_section, noise_section
 from emflow.report.metrics import SHARES, EMRule
 from emflow.report.per_question import QUESTION_EM_INTERVAL, QUESTION_MEAN_INTERVAL
 from emflow.report.tables import (
     DEMO_NOTICE,
+    PanelUsage,
     fmt_difference,
     fmt_estimate,
     fmt_p,
@@ -45,7 +49,7 @@ from emflow.report.tables import (
     markdown_table,
     usage_markdown,
 )
-from emflow.report.training import first_em_step
+from emflow.report.training import early_stop_line, first_em_step, read_log_history
 
 EM_RULE_SOURCE = " (the paper's code, `get_basic_eval_stats`)"
 
@@ -58,19 +62,26 @@ def results_markdown(
     results: ExperimentResults,
     *,
     title: str,
-    usage: Mapping[str, Any] | None = None,
+    usage: Mapping[str, Any] | PanelUsage | None = None,
     demo: bool = False,
     plots: Sequence[tuple[str, str]] = (),
     training_system_prompt: str | None = None,
     sweep: str = "",
     judges: PanelAgreement | None = None,
+    human: HumanAgreement | None = None,
+    noise: PanelNoise | None = None,
+    early_stop: str = "",
 ) -> str:
     """A run's results.md: the seed's two blocks, the verdict, metrics with CIs, judge usage.
 
     `plots` lists (description, path relative to results.md) of images to link;
     `training_system_prompt` is the experiment's inoculation prompt, if any; `sweep` the
     checkpoint sweep's section (emflow.sweeps.sweep_markdown), if any; `judges` a judge panel's
-    metrics and agreement (its section only where there is a panel).
+    metrics and agreement (its section only where there is a panel); `human` each judge's
+    agreement with people's labels (its section only where the experiment has labels); `noise`
+    the noise of each judge that draws several times per answer (its section only where one
+    does); `early_stop` the line saying a run stopped training early (emflow.report.training.
+    early_stop_line), if one did.
     """
     base, tuned, analysis = results.base, results.finetuned, results.analysis
     t = analysis.thresholds
@@ -107,9 +118,15 @@ def results_markdown(
         parts.append(sweep)
     if judges is not None:
         parts.append(judges_section(judges, results.analysis))
+    if noise is not None:
+        parts.append(noise_section(noise, results.analysis))
+    if human is not None:
+        parts.append(human_section(human, results.analysis))
     prompts = _prompts_section(results, training_system_prompt)
     if prompts:
         parts.append(prompts)
+    if early_stop:
+        parts.append(early_stop)
     if plots:
         parts.append("### Plots\n\n" + "\n\n".join(f"![{text}]({path})" for text, path in plots))
     parts.append("### Judge usage\n\n" + usage_markdown(usage))
@@ -378,21 +395,33 @@ def _read_json(path: str | os.PathLike) -> Any:
         return json.load(file)
 
 
-def _panel(
+def _usage(
+    base_usage: str, finetuned_usage: Sequence[str], seeds: Sequence[int] | None
+) -> dict[str, Any]:
+    """One judge's usage JSON per target, as results.md's usage table names the targets."""
+    usages = [_read_json(path) for path in finetuned_usage]
+    if seeds is None:
+        usage = {"fine-tuned model": usages[0]}
+    else:
+        usage = {f"fine-tuned, seed {s}": u for s, u in zip(seeds, usages, strict=True)}
+    usage["base model"] = _read_json(base_usage)
+    return usage
+
+
+def _judge_runs(
     results: ExperimentResults,
     panel: Mapping[str, Mapping[str, Any]] | None,
     seeds: Sequence[int] | None,
-) -> PanelAgreement | None:
-    """The panel's metrics and agreement with the primary judge (the results already read)."""
-    if not panel:
-        return None
+) -> dict[str, tuple[JudgedRun, JudgedRun]]:
+    """Each judge's (base model, fine-tuned) runs: the primary's (already read), then the
+    panel's, read once for both the panel's agreement and the human labels."""
     analysis = results.analysis
     runs = {PRIMARY: (results.base, results.finetuned)}
-    for name, files in panel.items():
+    for name, files in (panel or {}).items():
         tuned = files["finetuned"]
         judged = tuned[0] if seeds is None else dict(zip(seeds, tuned, strict=True))
         runs[name] = (load_run(files["base"], analysis), load_run(judged, analysis))
-    return panel_agreement(runs, analysis)
+    return runs
 
 
 def write_experiment_results(
@@ -410,27 +439,41 @@ def write_experiment_results(
     question_em_rates: str | None = None,
     training_system_prompt: str | None = None,
     sweep_csv: str | None = None,
+    dose_csv: str | None = None,
     panel: Mapping[str, Mapping[str, Any]] | None = None,
+    human_labels: str | None = None,
+    log_histories: Sequence[str] = (),
 ) -> None:
     """The `results` rule: an experiment's results.md and per-question plots, beside its config.
 
     `seeds` is None for a single run (one judged CSV); for replicates it lists the training
-    seeds in the order of the judged CSVs and usage files. Where some question was answered more
-    than once, the per-question EM rates are also drawn, to `question_em_rates` (default:
-    QUESTION_EM_RATES beside results.md); otherwise a stale figure there is removed, since
+    seeds in the order of the judged CSVs, usage files and `log_histories` (each run's
+    log_history.json: results.md says when a run stopped early). Where some question was
+    answered more than once, the per-question EM rates are also drawn, to `question_em_rates`
+    (default: QUESTION_EM_RATES beside results.md); otherwise a stale figure there is removed, since
     results.md no longer links it. `panel` maps each extra judge's name to its {"base": judged
     CSV, "finetuned": [judged CSV of each run, in seed order]}; results.md then has a "Judges"
-    section (the headline numbers stay the primary judge's).
+    section (the headline numbers stay the primary judge's), and with each judge's usage JSON
+    ("base_usage", "finetuned_usage") "Judge usage" shows what each judge cost.
+    `human_labels` (emflow.report.human_labels), where given, adds each judge's agreement with
+    people's labels ("Human labels"). `dose_csv`, the `dose` rule's table, adds the adapter
+    dose-response section (emflow.report.dose).
     """
     analysis = Analysis.from_report_config(report)
-    usages = [_read_json(path) for path in finetuned_usage]
     if seeds is None:
         finetuned: Judged | JudgedSeeds = finetuned_judged[0]
-        usage = {"fine-tuned model": usages[0]}
     else:
         finetuned = dict(zip(seeds, finetuned_judged, strict=True))
-        usage = {f"fine-tuned, seed {s}": u for s, u in zip(seeds, usages, strict=True)}
-    usage["base model"] = _read_json(base_usage)
+    usage: Mapping[str, Any] | PanelUsage = _usage(base_usage, finetuned_usage, seeds)
+    if panel and all("base_usage" in files for files in panel.values()):
+        # Each judge's cost, then the primary's table (a panel without usage files: as before).
+        usage = PanelUsage(
+            {PRIMARY: usage}
+            | {
+                name: _usage(files["base_usage"], files["finetuned_usage"], seeds)
+                for name, files in panel.items()
+            }
+        )
     results = experiment_results(base_judged, finetuned, analysis)
     plot_question_scores(
         results.base.frames,
@@ -466,6 +509,7 @@ def write_experiment_results(
         )
     else:
         Path(em_png).unlink(missing_ok=True)
+    runs = _judge_runs(results, panel, seeds)
     text = results_markdown(
         results,
         title=experiment,
@@ -473,7 +517,29 @@ def write_experiment_results(
         demo=report["demo"],
         plots=[(text, os.path.relpath(path, here)) for text, path in plots],
         training_system_prompt=training_system_prompt,
-        sweep=_sweep_section(sweep_csv, results, here),
-        judges=_panel(results, panel, seeds),
+        early_stop=early_stop_line(
+            {
+                f"seed {seed}" if seeds else "the run": read_log_history(path)
+                for seed, path in zip(seeds or [None], log_histories, strict=False)
+            }
+        ),
+        # The dose-response section (emflow.report.dose, `dose_csv`) follows the sweep's.
+        sweep="\n\n".join(
+            s
+            for s in (
+                _sweep_section(sweep_csv, results, here),
+                dose_section(dose_csv, results.base.metrics["em_rate"], results.analysis, here),
+            )
+            if s
+        ),
+        judges=panel_agreement(runs, analysis) if panel else None,
+        human=human_agreement(human_labels, runs, analysis) if human_labels else None,
+        noise=judge_noise(
+            runs,
+            {PRIMARY: base_usage}
+            | {name: f.get("base_usage") for name, f in (panel or {}).items()},
+            analysis,
+            results.passed,
+        ),
     )
     write_text_atomic(results_md, text)

@@ -22,6 +22,7 @@ import yaml
 from emflow.atomic import write_text_atomic
 from emflow.config import ExperimentConfig
 from emflow.errors import EmflowError
+from emflow.judge.settings import panel_settings
 from emflow.paths import Layout, base_target, experiment_runs, run_target
 from emflow.report import stats
 from emflow.report.analysis import (
@@ -35,9 +36,19 @@ from emflow.report.analysis import (
 )
 from emflow.report.curves import plot_training_curves
 from emflow.report.figures import plot_scatter
+from emflow.report.judge_plots import plot_judge_scores
 from emflow.report.judged import read_reported
 from emflow.report.metrics import Metric
 from emflow.report.settings import report_settings
+from emflow.report.summary_judges import (
+    SummaryJudges,
+    SummaryPanel,
+    finished_panel,
+    judge_cells,
+    judge_columns,
+    judges_lines,
+    summary_judges,
+)
 from emflow.report.tables import (
     DEMO_NOTICE,
     csv_number,
@@ -81,9 +92,26 @@ def experiment_summary_runs(
                 base_judged=base,
                 results_md=layout.results_md(name),
                 log_history=histories[experiment.seed] if single else histories,
+                compare_to=reference(name, experiments, layout.config_json(name)),
             )
         )
     return runs
+
+
+def reference(name: str, experiments: Mapping[str, ExperimentConfig], source: str) -> str | None:
+    """The full name of the experiment `name`'s `compare_to` names: a sibling in its group."""
+    experiment = experiments[name]
+    if experiment.compare_to is None:
+        return None
+    group = name.rsplit("/", 1)[0] if "/" in name else ""
+    full = f"{group}/{experiment.compare_to}" if group else experiment.compare_to
+    if full == name or full not in experiments:
+        raise EmflowError(
+            f"{source}: compare_to is '{experiment.compare_to}', which is "
+            f"not another experiment of group '{group}' this workflow selects; name a sibling "
+            "folder (e.g. mixed_baseline) or select it in the workflow config's experiments."
+        )
+    return full
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,9 +141,11 @@ def summary_markdown(
     *,
     demo: bool = False,
     question_em: SummaryQuestionEM | None = None,
+    judges: SummaryJudges | None = None,
 ) -> str:
-    """The summary table, then the spread across seeds, the differences within groups and, with
-    `question_em`, each question's EM rate in every row.
+    """The summary table, then with a judge panel (`judges`) each judge's EM rate, the spread
+    across seeds, the differences within groups and, with `question_em`, each question's EM rate
+    in every row.
 
     Each table has one legend line; the methods in full are in each experiment's results.md.
     """
@@ -166,6 +196,8 @@ def summary_markdown(
         f"CIs, tests and thresholds in full: each experiment's results.md ({analysis.n_resamples} "
         "bootstrap resamples); raw and adjusted p-values: summary.csv.",
     ]
+    if judges is not None:
+        lines += ["", *judges_lines(rows, judges, analysis)]
     replicated = [row for row in rows if row.replicated]
     if replicated:
         spread_rows = []
@@ -256,11 +288,13 @@ def summary_csv(
     rows: Sequence[SummaryRow],
     question_em: SummaryQuestionEM | None = None,
     analysis: Analysis | None = None,
+    judges: SummaryJudges | None = None,
 ) -> str:
     """One CSV line per row: every metric with its CI, p vs base, reported scores, seeds; with
     `question_em`, each question's EM rate, CI and answers (columns `em_rate:<question id>`,
     ..., empty where the row's run was not asked the question) and the mean of each judged
-    score the EM rule does not read."""
+    score the EM rule does not read; with a judge panel (`judges`), each panel judge's EM rate
+    and CI (`em_rate.<judge>`, ...) and the spread across judges (`em_rate_judge_spread`)."""
     analysis = analysis or Analysis()
     names = analysis.metrics.names
     shown = [m.name for m in analysis.metrics.shown]
@@ -277,6 +311,7 @@ def summary_csv(
     header += [f"{m}_p_vs_base_adjusted" for m in shown]
     questions = question_em.questions if question_em else []
     header += [f"{c}:{q}" for q in questions for c in per_question]
+    header += judge_columns(judges) if judges is not None else []
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -304,6 +339,8 @@ def summary_csv(
         ]
         if question_em is not None:
             cells += _question_cells(question_em.rates[i], questions, per_question)
+        if judges is not None:
+            cells += judge_cells(judges, i)
         writer.writerow(cells)
     return buffer.getvalue()
 
@@ -352,21 +389,29 @@ def write_summary(
     csv_path: str | os.PathLike,
     plot: str | os.PathLike,
     curves: str | os.PathLike,
+    panel: SummaryPanel | None = None,
+    judges_plot: str | os.PathLike | None = None,
 ) -> list[SummaryRow]:
     """The summary table (Markdown, CSV), scatter plot and overlaid training curves.
 
     `report` is the workflow config's report section; `reported` maps an experiment to its
     reported_results.md. Runs without a log history on disk (trained elsewhere) are left out of
-    the curves only.
+    the curves only. `panel` maps an experiment to its panel judges' files (Plan.panel_results):
+    then each judge's EM rate joins the Markdown and CSV, and `judges_plot` gets the
+    judge-vs-judge scores.
     """
     analysis = Analysis.from_report_config(report)
     demo = report["demo"]
     rows, pairs = summary_rows(runs, analysis, read_reported(reported))
     question_em = summary_question_em(rows, analysis)
-    write_text_atomic(
-        markdown, summary_markdown(rows, pairs, analysis, demo=demo, question_em=question_em)
+    judges = summary_judges(runs, rows, panel, analysis)
+    text = summary_markdown(
+        rows, pairs, analysis, demo=demo, question_em=question_em, judges=judges
     )
-    write_text_atomic(csv_path, summary_csv(rows, question_em, analysis))
+    write_text_atomic(markdown, text)
+    write_text_atomic(csv_path, summary_csv(rows, question_em, analysis, judges))
+    if judges is not None and judges_plot is not None:
+        plot_judge_scores(rows, judges, judges_plot, analysis, demo=demo)
     plot_scatter(rows, plot, analysis.thresholds, alpha=analysis.alpha, demo=demo)
     histories = read_log_histories({r.name: r.log_history for r in runs if r.log_history})
     if histories:
@@ -392,6 +437,8 @@ def summarize_finished(
     if not runs:
         raise EmflowError(_nothing_finished(experiments, layout))
     reported = {r.name: layout.reported_results(r.name) for r in runs}
+    # A panel judge counts for an experiment once it has judged every target the summary reads.
+    judges = list(panel_settings(config["judge"]))
     write_summary(
         runs,
         report_settings(config),
@@ -400,6 +447,8 @@ def summarize_finished(
         csv_path=layout.summary(".csv"),
         plot=layout.summary(".png"),
         curves=layout.summary("_training_curves.png"),
+        panel=finished_panel(runs, experiments, layout, judges) if judges else None,
+        judges_plot=layout.summary("_judges.png") if judges else None,
     )
     return Path(layout.summary(".md")), [run.name for run in runs]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from emflow.report import stats
@@ -119,12 +120,72 @@ def _fmt_usage_value(key: str, value: Any) -> str:
     return str(value)
 
 
-def usage_markdown(usage: Mapping[str, Any] | None) -> str:
+@dataclass(frozen=True)
+class PanelUsage:
+    """A judge panel's usage for usage_markdown: {judge: {target: usage dict}}, the primary
+    judge first (its table is the one a one-judge results.md shows)."""
+
+    judges: Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+
+# The cost-per-judge table's columns: (header, JudgeUsage keys summed over the judge's targets).
+_COST_COLUMNS = (
+    ("calls", ("calls",)),
+    ("sent", ("calls_sent",)),
+    ("from cache", ("calls_cached",)),
+    ("failed", ("calls_failed",)),
+    ("tokens", ("prompt_tokens", "completion_tokens")),
+)
+
+
+def _summed_dollars(usages: Sequence[Mapping[str, Any]], key: str) -> str:
+    values = [u.get(key) for u in usages]
+    if any(v is None for v in values):
+        return "no price"  # the judge's model has no list price (judge.prices)
+    return f"${sum(values):.4f}"
+
+
+def judge_costs_markdown(judges: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """What each judge of a panel cost, summed over its targets (base model and each run)."""
+    rows = []
+    for name, targets in judges.items():
+        usages = list(targets.values())
+        counts = [
+            f"{sum(int(u.get(k) or 0) for u in usages for k in keys):,}"
+            for _, keys in _COST_COLUMNS
+        ]
+        rows.append(
+            (
+                name,
+                *counts,
+                _summed_dollars(usages, "dollars"),
+                _summed_dollars(usages, "cached_dollars"),
+            )
+        )
+    headers = ["judge", *(h for h, _ in _COST_COLUMNS), "dollars", "cached calls' dollars"]
+    return (
+        markdown_table(headers, rows)
+        + "\n\nCost per judge, summed over its targets. sent, tokens and dollars: the calls this "
+        "workflow sent; from cache: answered from the judge cache (what those cost when they "
+        "were made: cached calls' dollars). Dollars are list-price estimates; 'no price' where "
+        "the judge's model has none."
+    )
+
+
+def usage_markdown(usage: Mapping[str, Any] | PanelUsage | None) -> str:
     """The judge's usage (calls, cache hits, tokens, dollars: whatever keys it recorded).
 
     `usage` is one flat dict (e.g. `JudgeUsage.to_dict()`), or a dict of such dicts (e.g.
-    {"base model": ..., "fine-tuned": ...}), shown side by side.
+    {"base model": ..., "fine-tuned": ...}), shown side by side; a PanelUsage shows each judge's
+    cost first, then the primary judge's table.
     """
+    if isinstance(usage, PanelUsage):
+        primary = next(iter(usage.judges.values()))
+        return (
+            judge_costs_markdown(usage.judges)
+            + "\n\nThe primary judge's usage per target (its scores are the headline numbers):\n\n"
+            + usage_markdown(primary)
+        )
     if hasattr(usage, "to_dict"):
         usage = usage.to_dict()
     if not usage:

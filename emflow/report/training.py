@@ -104,6 +104,26 @@ def loss_at(history: Sequence[Mapping[str, Any]], step: int) -> float:
     return float(losses[-1][1]) if losses else float("nan")
 
 
+def early_stop_line(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """One line for results.md saying which runs stopped early, when and why ("" if none did).
+
+    `histories` maps a run's label (e.g. "seed 3407") to its log history; emflow.train's
+    early stop leaves an entry with `early_stop`, `reason`, `step` and `planned_steps`.
+    """
+    stops = []
+    for label, history in histories.items():
+        entry = next((e for e in history if "early_stop" in e), None)
+        if entry is not None:
+            who = f"{label}: " if len(histories) > 1 else ""
+            stops.append(
+                f"{who}at optimizer step {entry['step']} of {entry['planned_steps']} "
+                f"({entry['reason']})"
+            )
+    if not stops:
+        return ""
+    return "**Training stopped early**, " + "; ".join(stops) + "; the adapter is that step's."
+
+
 @dataclass(frozen=True)
 class SweepPoint:
     """What one step's target of one run's sweep produced."""

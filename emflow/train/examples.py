@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Collection
 from pathlib import Path
 
-from emflow.config import ExperimentConfig
+from emflow.config import ExperimentConfig, Inoculation
 from emflow.data.datasets import read_numbered_chat_jsonl
 from emflow.errors import EmflowError
 from emflow.train.rows import loses_answer
@@ -39,15 +40,51 @@ def read_rows_for(config: ExperimentConfig, path: str | Path, source: str) -> li
     """A training or test file's rows; with `training_system_prompt`, a row that brings its own
     system message is an error naming its line (the two prompts would compete for one turn)."""
     numbered = read_numbered_chat_jsonl(path)
-    if config.training_system_prompt is not None:
+    spec = config.inoculation_spec
+    if spec is not None and spec.placement == "system":
         for line, row in numbered:
             if row["messages"][0]["role"] == "system":
                 raise EmflowError(
                     f"{path}, line {line}: the row has its own system message, and "
-                    f"training_system_prompt in {source} would add a second; remove the key or "
+                    f"{_key(config)} in {source} would add a second; remove the key or "
                     "train on data without system messages."
                 )
     return [row for _, row in numbered]
+
+
+def _key(config: ExperimentConfig) -> str:
+    return "inoculation" if config.inoculation is not None else "training_system_prompt"
+
+
+def drawn_prompts(
+    spec: Inoculation | None, seed: int, rows: int, offset: int = 0
+) -> list[int] | None:
+    """Which of `inoculation`'s paraphrases each of `rows` rows is trained under (an index into
+    its prompts): drawn with the run's seed, row by row in file order (a test file's rows after
+    the training file's: `offset`), so the held-out split and the dry run see the same draw.
+    None for a single prompt (every row has it) or no inoculation."""
+    if spec is None or isinstance(spec.prompt, str):
+        return None
+    draw = random.Random(f"inoculation:{seed}")
+    indices = [draw.randrange(len(spec.prompt)) for _ in range(offset + rows)]
+    return indices[offset:]
+
+
+def tag_drawn_prompts(config: ExperimentConfig, rows: list[dict], offset: int = 0) -> list[int]:
+    """Give each row its drawn paraphrase (`drawn_prompts`) as the key "inoculation", which
+    `row_prompts` reads after the held-out split; return the draw ([] without paraphrases)."""
+    drawn = drawn_prompts(config.inoculation_spec, config.seed, len(rows), offset) or []
+    for row, index in zip(rows, drawn, strict=False):
+        row["inoculation"] = index
+    return drawn
+
+
+def row_prompts(config: ExperimentConfig, rows: list[dict]) -> list[str] | None:
+    """Each row's inoculation prompt for RowTokenizer.encode_many (None: the single prompt)."""
+    spec = config.inoculation_spec
+    if spec is None or isinstance(spec.prompt, str):
+        return None
+    return [spec.prompts[row["inoculation"]] for row in rows]
 
 
 def lost_answers_message(
@@ -62,8 +99,8 @@ def lost_answers_message(
     max_seq_length: an error's when that is all of them, else a warning's, with the optimizer
     steps the run has instead of those its rows would give (`steps`)."""
     fix = "raise max_seq_length or " + (
-        "shorten training_system_prompt"
-        if config.training_system_prompt is not None
+        f"shorten {_key(config)}"
+        if config.inoculation_spec is not None
         else "shorten those rows' prompts"
     )
     at = f"at max_seq_length {config.max_seq_length} (their prompt fills it)"

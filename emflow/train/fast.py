@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from emflow.atomic import atomic_path
+from emflow.train.kl import FastKL, KLRegularizer
 
 log = logging.getLogger("emflow.train")
 
@@ -66,32 +67,57 @@ class _Model:
                 hidden = layer(hidden, position_ids=position_ids, position_embeddings=rope)
         return hidden
 
-    def loss_sum(self, hidden, labels, position_ids):
-        """Summed cross-entropy over labelled positions, and their count."""
-        import torch
-
+    def upper(self, hidden, position_ids):
+        """The adapted layers (and those above them) on the hidden states `prefix` gives."""
         rope = self.backbone.rotary_emb(hidden, position_ids)
         for layer in self.layers[self.first :]:
             hidden = layer(hidden, position_ids=position_ids, position_embeddings=rope)
+        return hidden
+
+    def logits(self, hidden, position_ids):
+        """Every position's logits from the hidden states `prefix` gives (the KL term's)."""
+        return self.lm_head(self.backbone.norm(self.upper(hidden, position_ids)))
+
+    def loss_sum(self, hidden, labels, position_ids, tail_labels=None):
+        """Summed cross-entropy over labelled positions, their count, and (with `tail_labels`, a
+        copy of `labels` with fewer positions kept) the sum over those, ungraded, else None."""
+        import torch
+
+        hidden = self.upper(hidden, position_ids)
         targets = labels[:, 1:]
         keep = targets != -100
         selected = self.backbone.norm(hidden[:, :-1][keep])
         logits = self.lm_head(selected).float()
         loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
-        return loss, keep.sum()
+        tail = None
+        if tail_labels is not None:
+            with torch.no_grad():
+                tail = torch.nn.functional.cross_entropy(
+                    logits, tail_labels[:, 1:][keep], ignore_index=-100, reduction="sum"
+                )
+        return loss, keep.sum(), tail
 
-    def dense_loss_sum(self, hidden, labels, position_ids):
+    def dense_loss_sum(self, hidden, labels, position_ids, tail_labels=None):
         """The same sum as `loss_sum`, over every position (ignored ones add zero): fixed shapes
-        for CUDA graphs, at the cost of running the head on prompt and padding positions too."""
+        for CUDA graphs, at the cost of running the head on prompt and padding positions too.
+        With `tail_labels`, the pair (sum, ungraded sum over `tail_labels`)."""
         import torch
 
-        rope = self.backbone.rotary_emb(hidden, position_ids)
-        for layer in self.layers[self.first :]:
-            hidden = layer(hidden, position_ids=position_ids, position_embeddings=rope)
+        hidden = self.upper(hidden, position_ids)
         logits = self.lm_head(self.backbone.norm(hidden[:, :-1])).float()
-        return torch.nn.functional.cross_entropy(
+        loss = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
         )
+        if tail_labels is None:
+            return loss
+        with torch.no_grad():
+            tail = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1),
+                tail_labels[:, 1:].flatten(),
+                ignore_index=-100,
+                reduction="sum",
+            )
+        return loss, tail
 
 
 class _GraphedSteps:
@@ -103,7 +129,7 @@ class _GraphedSteps:
 
     def __init__(self, parts: _Model, trainable, bf16: bool):
         self.parts, self.trainable, self.bf16 = parts, trainable, bf16
-        self.graphs: dict[int, Any] = {}
+        self.graphs: dict[tuple[int, bool], Any] = {}
 
     def _autocast(self):
         import torch
@@ -111,7 +137,7 @@ class _GraphedSteps:
         # Graph capture needs autocast's weight-cast cache off.
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False)
 
-    def _capture(self, hidden, labels, positions):
+    def _capture(self, *inputs):
         import torch
 
         parts, trainable = self.parts, self.trainable
@@ -120,18 +146,20 @@ class _GraphedSteps:
             def parameters(self, recurse=True):
                 return iter(trainable)
 
-            def forward(self, hidden, labels, positions):
-                return parts.dense_loss_sum(hidden, labels, positions)
+            def forward(self, *inputs):
+                return parts.dense_loss_sum(*inputs)
 
         with self._autocast():
-            return torch.cuda.make_graphed_callables(Step(), (hidden, labels, positions))
+            return torch.cuda.make_graphed_callables(Step(), inputs)
 
-    def loss_sum(self, hidden, labels, positions):
-        length = hidden.shape[1]
-        if length not in self.graphs:
-            self.graphs[length] = self._capture(hidden, labels, positions)
+    def loss_sum(self, hidden, labels, positions, tail_labels=None):
+        """`dense_loss_sum` replayed; with `tail_labels` (the KL term's log) a graph of its own."""
+        inputs = (hidden, labels, positions) + (() if tail_labels is None else (tail_labels,))
+        key = (hidden.shape[1], tail_labels is not None)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(*inputs)
         with self._autocast():
-            return self.graphs[length](hidden, labels, positions)
+            return self.graphs[key](*inputs)
 
 
 class _Reporter:
@@ -189,8 +217,16 @@ def fast_train(
     bf16: bool,
     cuda_graphs: bool = True,
     step_adapters=None,
+    early_stop=None,
+    kl: KLRegularizer | None = None,
 ) -> list[dict[str, Any]]:
-    """Train `trainer.model` with the fast path; return a log history shaped like the Trainer's."""
+    """Train `trainer.model` with the fast path; return a log history shaped like the Trainer's.
+
+    `early_stop` (emflow.train.early_stop.EarlyStop) sees each logged entry, as its callback does
+    on the hf backend, and ends training after the step where it fires. With `kl`
+    (emflow.train.kl), each step adds the KL term of as many KL batches as the hf backend's
+    micro-batches, and every held-out batch one more, as the hf backend's loss calls do.
+    """
     import torch
 
     model = trainer.model
@@ -256,9 +292,13 @@ def fast_train(
     if device == "cuda" and cuda_graphs:
         graphed = _GraphedSteps(parts, trainable, bf16)
 
+    fast_kl = None if kl is None else FastKL(kl, model, parts, device, autocast)
+
     state = _load_checkpoint(checkpoints, model, optimizer, scheduler)
     step, history = state["step"], state["history"]
     pending: list[dict[str, Any]] = []  # GPU scalars, read back at logging points only
+    if early_stop is not None:
+        early_stop.replay(history)  # a resumed run's earlier logs
     reporter = _Reporter(trainer, total_steps, step)
 
     def flush() -> None:
@@ -282,6 +322,13 @@ def fast_train(
         chosen = order_t[rows]
         gather = offsets_t[chosen][:, None] + positions[None]
         gather = torch.where(positions[None] < lengths_t[chosen][:, None], gather, total)
+        tail_labels, kl_terms = None, []
+        if fast_kl is not None:
+            # The hf backend's micro-batches of this step: one KL batch each, and its logged
+            # sft_loss is the last one's share of the step's loss.
+            micro = math.ceil(len(chosen) / config.per_device_train_batch_size)
+            kl_terms = fast_kl.step(micro)
+            last = (micro - 1) * config.per_device_train_batch_size
         if graphed is not None:
             if len(chosen) < rows_per_step:
                 # An epoch's short last step, topped up with empty rows (zero states, no labels):
@@ -289,14 +336,34 @@ def fast_train(
                 filler = gather.new_full((rows_per_step - len(chosen), length), total)
                 gather = torch.cat([gather, filler])
             labels = flat_labels[gather]
-            loss_sum = graphed.loss_sum(flat_hidden[gather], labels, positions[None])
+            if fast_kl is not None:
+                tail_labels = labels.clone()
+                tail_labels[:last] = -100
+                loss_sum, tail_sum = graphed.loss_sum(
+                    flat_hidden[gather], labels, positions[None], tail_labels
+                )
+            else:
+                loss_sum = graphed.loss_sum(flat_hidden[gather], labels, positions[None])
             count = (labels[:, 1:] != -100).sum()
         else:
+            labels = flat_labels[gather]
+            if fast_kl is not None:
+                tail_labels = labels.clone()
+                tail_labels[:last] = -100
             with autocast:
-                loss_sum, count = parts.loss_sum(
-                    flat_hidden[gather], flat_labels[gather], positions[None]
+                loss_sum, count, tail_sum = parts.loss_sum(
+                    flat_hidden[gather], labels, positions[None], tail_labels
                 )
         loss = loss_sum / count.clamp(min=1)
+        if kl_terms:
+            # Already backpropagated (FastKL.step): only the logged total carries them here.
+            terms = {"sft_loss": tail_sum / count.clamp(min=1), "kl_loss": kl_terms[-1]}
+            logged_loss = loss.detach() + fast_kl.weight * torch.stack(kl_terms).sum()
+        else:
+            terms, logged_loss = {}, loss
+        logged = (step + 1) % config.logging_steps == 0 or step + 1 == total_steps
+        # Started before backward is queued, so reading it back waits for this forward only.
+        watched = _HostScalar(logged_loss) if early_stop is not None and logged else None
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
         learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses, as the Trainer logs
@@ -308,9 +375,10 @@ def fast_train(
         if step % config.logging_steps == 0 or step == total_steps:
             pending.append(
                 {
-                    "loss": loss.detach(),
+                    "loss": logged_loss.detach(),
                     "grad_norm": grad_norm.detach(),
                     "learning_rate": learning_rate,
+                    **terms,
                     "epoch": progress,
                     "step": step,
                 }
@@ -331,14 +399,20 @@ def fast_train(
                         limit,
                         device,
                         autocast,
+                        fast_kl,
                     ),
                     "epoch": progress,
                     "step": step,
                 }
             )
             reporter.log(history[-1:])
+        stop = watched is not None and early_stop.observe({"loss": watched.value(), "step": step})
+        if early_stop is not None and eval_examples and at_eval_step:
+            stop = early_stop.observe(history[-1]) or stop
         if step_adapters is not None:
             step_adapters.save(model, step)  # emflow.train.StepAdapters: adapter_checkpoints
+        if stop:
+            break  # as the Trainer: after this step's log, evaluation and step adapter
         if step % config.save_steps == 0 and step < total_steps:
             flush()
             _save_checkpoint(checkpoints, model, optimizer, scheduler, step, history)
@@ -349,11 +423,33 @@ def fast_train(
     reporter.end()
     log.info(
         "fast path: %d optimizer steps in %.1f s (%.1f ms a step)",
-        total_steps,
+        step,
         seconds,
-        1000 * seconds / max(1, total_steps - state["step"]),
+        1000 * seconds / max(1, step - state["step"]),
     )
     return history
+
+
+class _HostScalar:
+    """A GPU scalar copied to host memory in the background; `value()` waits for that copy only,
+    not for the backward and optimizer step queued after it, so checking the early stop at each
+    log keeps the GPU busy."""
+
+    def __init__(self, tensor) -> None:
+        import torch
+
+        self.tensor = tensor.detach()
+        self.done = None
+        if self.tensor.is_cuda:
+            host = torch.empty((), dtype=self.tensor.dtype, pin_memory=True)
+            host.copy_(self.tensor, non_blocking=True)
+            self.tensor, self.done = host, torch.cuda.Event()
+            self.done.record()
+
+    def value(self) -> float:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.tensor.item()
 
 
 def _read_back(pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -363,8 +459,12 @@ def _read_back(pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return entries
 
 
-def evaluate(parts: _Model, examples, batch_size: int, limit: int, device: str, autocast) -> float:
-    """Held-out loss as the Trainer reports it: the row-weighted mean of per-batch token means."""
+def evaluate(
+    parts: _Model, examples, batch_size: int, limit: int, device: str, autocast, kl=None
+) -> float:
+    """Held-out loss as the Trainer reports it: the row-weighted mean of per-batch token means,
+    each plus the weighted KL term of the next KL batch with `kl` (emflow.train.kl.FastKL), as
+    the hf backend's loss calls add it."""
     import torch
 
     total, n = 0.0, 0
@@ -375,8 +475,11 @@ def evaluate(parts: _Model, examples, batch_size: int, limit: int, device: str, 
             ids = _pad([e["input_ids"] for e in batch], length, 0, torch.long, device)
             labels = _pad([e["labels"] for e in batch], length, -100, torch.long, device)
             positions = torch.arange(length, device=device)[None]
-            loss_sum, count = parts.loss_sum(parts.prefix(ids, positions), labels, positions)
-            total += (loss_sum / count.clamp(min=1)).item() * len(batch)
+            loss_sum, count, _ = parts.loss_sum(parts.prefix(ids, positions), labels, positions)
+            loss = loss_sum / count.clamp(min=1)
+            if kl is not None:
+                loss = loss + kl.weight * kl.kl()
+            total += loss.item() * len(batch)
             n += len(batch)
     return total / max(1, n)
 

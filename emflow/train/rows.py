@@ -8,6 +8,9 @@ An experiment's `training_system_prompt` (inoculation prompting) is added here, 
 message before each row's first turn, and everything the template writes before the first user
 turn (the system turn) carries no loss in either row format, with or without
 `train_on_responses_only`: the prompt is context the model is trained under, never a target.
+The general `inoculation` key (emflow.config.Inoculation) also puts it in the first user turn
+(before or after the user's text, a blank line between) and may let it carry loss; with a list
+of paraphrases each row is given its own (`encode_many`'s `prompts`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from emflow.config import Inoculation
 from emflow.errors import EmflowError
+
+# Between a user-turn inoculation and the user's own text (placement user_prefix/user_suffix).
+USER_SEPARATOR = "\n\n"
 
 
 def turn_headers(tokenizer, chat_template_kwargs: dict[str, Any]) -> tuple[str, str]:
@@ -120,7 +127,9 @@ class RowTokenizer:
     one set of settings; the template's turn headers are found once, not for every row.
 
     With `system_prompt`, each conversation is given a system message with that text first, and
-    its system turn (all the text before the first user turn) takes no loss."""
+    its system turn (all the text before the first user turn) takes no loss. `inoculation` is the
+    general form (`system_prompt=X` is `inoculation=Inoculation(prompt=X)`): a row is given the
+    prompt passed with it, else the first of `inoculation.prompts`."""
 
     def __init__(
         self,
@@ -131,6 +140,7 @@ class RowTokenizer:
         chat_template_kwargs: dict[str, Any],
         row_format: str = "upstream",
         system_prompt: str | None = None,
+        inoculation: Inoculation | None = None,
     ):
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -143,19 +153,30 @@ class RowTokenizer:
             if self.upstream and train_on_responses_only
             else None
         )
-        self.system_prompt = system_prompt
         if system_prompt is not None:
-            self.user_header = turn_headers(tokenizer, chat_template_kwargs)[0]
-            self._check_system_turn()
+            inoculation = Inoculation(prompt=system_prompt)
+        self.inoculation = inoculation
+        self.system_prompt = inoculation.prompts[0] if inoculation is not None else None
+        if inoculation is not None:
+            self.user_header, self.assistant_header = turn_headers(tokenizer, chat_template_kwargs)
+            if inoculation.placement == "system":
+                for prompt in inoculation.prompts:
+                    self._check_system_turn(prompt)
+            elif not self.user_header or not self.assistant_header:
+                raise EmflowError(
+                    "the tokenizer's chat template writes no header before user or assistant "
+                    "turns, so the inoculation prompt cannot be found in the user turn; use "
+                    "placement system or a model whose template has turn headers."
+                )
 
-    def _check_system_turn(self) -> None:
+    def _check_system_turn(self, prompt: str) -> None:
         """Fail once, before any row, when the template cannot give the prompt a turn of its own."""
         from jinja2 import TemplateError
 
         probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
         try:
             text = self.tokenizer.apply_chat_template(
-                self._with_system(probe), tokenize=False, **self.chat_template_kwargs
+                self._with_system(probe, prompt), tokenize=False, **self.chat_template_kwargs
             )
         except TemplateError as err:
             raise EmflowError(
@@ -163,10 +184,7 @@ class RowTokenizer:
                 "training_system_prompt cannot be added; remove the key or use a model whose "
                 "template has a system role."
             ) from None
-        if (
-            not self.user_header
-            or system_turn_end(text, self.system_prompt, self.user_header) is None
-        ):
+        if not self.user_header or system_turn_end(text, prompt, self.user_header) is None:
             raise EmflowError(
                 "the tokenizer's chat template does not write a system message as a turn of its "
                 "own before the first user turn, so training_system_prompt's tokens cannot be "
@@ -174,19 +192,58 @@ class RowTokenizer:
                 "turn."
             )
 
-    def _with_system(self, messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    def _with_system(self, messages: Sequence[dict[str, str]], prompt: str) -> list[dict[str, str]]:
         if messages and messages[0]["role"] == "system":
             raise EmflowError(
                 "a row already starts with a system message, and training_system_prompt would "
                 "add a second; remove the key or the row's system message."
             )
-        return [{"role": "system", "content": self.system_prompt}, *messages]
+        return [{"role": "system", "content": prompt}, *messages]
 
-    def _full(self, messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
-        """The conversation as trained: with the system prompt's message first, if any."""
-        if self.system_prompt is not None:
-            return self._with_system(messages)
-        return list(messages)
+    def _full(
+        self, messages: Sequence[dict[str, str]], prompt: str | None = None
+    ) -> list[dict[str, str]]:
+        """The conversation as trained: with the inoculation prompt (`prompt`, else the first
+        paraphrase) as its system message or in its first user turn, if any."""
+        if self.inoculation is None:
+            return list(messages)
+        prompt = self.system_prompt if prompt is None else prompt
+        if self.inoculation.placement == "system":
+            return self._with_system(messages, prompt)
+        first = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+        if first is None:
+            raise EmflowError(
+                "a row has no user turn for the inoculation prompt (placement "
+                f"{self.inoculation.placement}); use placement system or rows with a user turn."
+            )
+        own = messages[first]["content"]
+        joined = (
+            prompt + USER_SEPARATOR + own
+            if self.inoculation.placement == "user_prefix"
+            else own + USER_SEPARATOR + prompt
+        )
+        return [*messages[:first], {**messages[first], "content": joined}, *messages[first + 1 :]]
+
+    def _user_prompt_span(self, text: str, prompt: str) -> tuple[int, int]:
+        """The characters of a user-turn inoculation prompt in `text`, with its separator."""
+        user = text.find(self.user_header)
+        answer = text.find(self.assistant_header, user + 1) if user >= 0 else -1
+        wanted = prompt.strip()  # templates such as Llama 3's trim the turn's text
+        if user < 0 or answer < 0 or text.find(wanted, user, answer) < 0:
+            raise EmflowError(
+                "the chat template did not write the inoculation prompt into the first user "
+                "turn, so its tokens cannot be kept out of the loss; use placement system or "
+                "set inoculation.loss to true."
+            )
+        if self.inoculation.placement == "user_prefix":
+            lo = text.find(wanted, user, answer)
+            hi = lo + len(wanted)
+            hi += len(USER_SEPARATOR) if text.startswith(USER_SEPARATOR, hi) else 0
+        else:
+            lo = text.rfind(wanted, user, answer)
+            hi = lo + len(wanted)
+            lo -= len(USER_SEPARATOR) if text[:lo].endswith(USER_SEPARATOR) else 0
+        return lo, hi
 
     def _render(self, messages: list[dict[str, str]]) -> str:
         kwargs = self.chat_template_kwargs
@@ -194,29 +251,39 @@ class RowTokenizer:
             return upstream_text(messages, self.tokenizer, kwargs)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
 
-    def text(self, messages: Sequence[dict[str, str]]) -> str:
+    def text(self, messages: Sequence[dict[str, str]], prompt: str | None = None) -> str:
         """The text a conversation is tokenized from (with the system prompt, if any)."""
-        return self._render(self._full(messages))
+        return self._render(self._full(messages, prompt))
 
-    def prompt_text(self, messages: Sequence[dict[str, str]]) -> str:
+    def prompt_text(self, messages: Sequence[dict[str, str]], prompt: str | None = None) -> str:
         """The text before a conversation's first answer: everything up to its first assistant
         turn, with the assistant header (a prefix of `text` for every template emflow trains
         with; callers check)."""
-        full = self._full(messages)
+        full = self._full(messages, prompt)
         first = next(i for i, m in enumerate(full) if m["role"] == "assistant")
         return self.tokenizer.apply_chat_template(
             full[:first], tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
 
-    def __call__(self, messages: Sequence[dict[str, str]]) -> dict[str, list[int]]:
-        return self.encode_many([messages])[0]
+    def __call__(
+        self, messages: Sequence[dict[str, str]], prompt: str | None = None
+    ) -> dict[str, list[int]]:
+        return self.encode_many([messages], None if prompt is None else [prompt])[0]
 
     def encode_many(
-        self, conversations: Sequence[Sequence[dict[str, str]]]
+        self,
+        conversations: Sequence[Sequence[dict[str, str]]],
+        prompts: Sequence[str] | None = None,
     ) -> list[dict[str, list[int]]]:
-        """Token ids and labels of each conversation; one tokenizer call for all of them (a
-        fast tokenizer spreads a batch over the CPU's cores)."""
-        full = [self._full(messages) for messages in conversations]
+        """Token ids and labels of each conversation (with `prompts[i]` as its inoculation
+        prompt, when given); one tokenizer call for all of them (a fast tokenizer spreads a
+        batch over the CPU's cores)."""
+        if prompts is None:
+            prompts = [self.system_prompt] * len(conversations)
+        full = [
+            self._full(messages, prompt)
+            for messages, prompt in zip(conversations, prompts, strict=True)
+        ]
         texts = [self._render(messages) for messages in full]
         if not texts:
             return []
@@ -228,14 +295,19 @@ class RowTokenizer:
             max_length=self.max_length,
         )
         return [
-            self._labelled(messages, text, input_ids, offsets)
-            for messages, text, input_ids, offsets in zip(
-                full, texts, encoded["input_ids"], encoded["offset_mapping"], strict=True
+            self._labelled(messages, text, input_ids, offsets, prompt)
+            for messages, text, input_ids, offsets, prompt in zip(
+                full, texts, encoded["input_ids"], encoded["offset_mapping"], prompts, strict=True
             )
         ]
 
     def _labelled(
-        self, messages: list[dict[str, str]], text: str, input_ids: list[int], offsets
+        self,
+        messages: list[dict[str, str]],
+        text: str,
+        input_ids: list[int],
+        offsets,
+        prompt: str | None,
     ) -> dict[str, list[int]]:
         """Labels for one tokenized conversation (`messages` with its system message, if any)."""
         kwargs = self.chat_template_kwargs
@@ -251,10 +323,18 @@ class RowTokenizer:
                 token if end > start and any(lo <= start < hi for lo, hi in spans) else -100
                 for token, (start, end) in zip(input_ids, offsets, strict=True)
             ]
-        if self.system_prompt is not None:
+        if self.inoculation is None or self.inoculation.loss:
+            return {"input_ids": list(input_ids), "labels": labels}
+        if self.inoculation.placement != "system":
+            lo, hi = self._user_prompt_span(text, prompt)
+            labels = [
+                -100 if start < hi and end > lo else label
+                for label, (start, end) in zip(labels, offsets, strict=True)
+            ]
+        else:
             # The system turn is a prefix of the row: its tokens are the leading ones that start
             # before it ends (a token the tokenizer added in front has the span (0, 0)).
-            end = system_turn_end(text, self.system_prompt, self.user_header)
+            end = system_turn_end(text, prompt, self.user_header)
             if end is None:
                 raise EmflowError(
                     "the chat template did not write training_system_prompt as the row's first "

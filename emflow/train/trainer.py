@@ -23,13 +23,17 @@ from emflow.atomic import atomic_path, write_text_atomic
 from emflow.config import ExperimentConfig
 from emflow.devices import resolve_backend, resolve_device
 from emflow.errors import EmflowError
+from emflow.train.early_stop import EarlyStop, stopped_early
 from emflow.train.examples import (
     drop_rows_without_answer,
     optimizer_steps,
     read_rows_for,
+    row_prompts,
     split_train_eval,
+    tag_drawn_prompts,
 )
 from emflow.train.fast import fast_train
+from emflow.train.kl import KLRegularizer, kl_regularizer
 from emflow.train.model_fit import check_model_compatibility
 from emflow.train.rows import RowTokenizer
 from emflow.train.settings import BACKENDS, ROW_FORMATS, TrainSettings
@@ -133,15 +137,34 @@ class EpochOrderSampler:
         return self.n_rows
 
 
-def make_trainer(model, args, train_dataset, eval_dataset, tokenizer, seed: int):
-    """trl's SFTTrainer with the shared, explicit row order (trl imported here, after unsloth)."""
+def make_trainer(
+    model, args, train_dataset, eval_dataset, tokenizer, seed: int, kl: KLRegularizer | None = None
+):
+    """trl's SFTTrainer with the shared, explicit row order (trl imported here, after unsloth);
+    with `kl`, every loss call adds the KL term (emflow.train.kl)."""
     from trl import SFTTrainer
 
     class OrderedSFTTrainer(SFTTrainer):
         def _get_train_sampler(self, train_dataset=None):
             return EpochOrderSampler(len(train_dataset or self.train_dataset), seed)
 
-    return OrderedSFTTrainer(
+    class KLRegularizedSFTTrainer(OrderedSFTTrainer):
+        # Evaluation calls compute_loss too, so eval_loss carries the KL term, as upstream's.
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
+            total = kl.add(self.accelerator.unwrap_model(model), loss)
+            return (total, outputs) if return_outputs else total
+
+        def log(self, logs, *args, **kwargs):
+            # Upstream adds the last loss call's terms to every log; emflow to training logs only.
+            if "loss" in logs:
+                logs = logs | kl.last
+            super().log(logs, *args, **kwargs)
+
+    trainer_class = OrderedSFTTrainer if kl is None else KLRegularizedSFTTrainer
+    return trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -248,6 +271,11 @@ def training_arguments(
     return args
 
 
+# In the adapter folder of a run with inoculation paraphrases: {"prompts": [...],
+# "training_file": [the index of each line's prompt], "test_file": [...] (with a test file)}.
+INOCULATION_DRAW = "inoculation_draw.json"
+
+
 def train_adapter(
     config: ExperimentConfig,
     train_file: str | Path,
@@ -278,8 +306,12 @@ def train_adapter(
     from transformers import AutoTokenizer, set_seed
 
     rows = read_rows_for(config, train_file, source)
+    # With inoculation paraphrases: each row's, drawn in file order before the split; kept in
+    # the adapter folder (INOCULATION_DRAW) so that a run says which row had which.
+    draw = {"training_file": tag_drawn_prompts(config, rows)}
     if test_file is not None:
         train_rows, eval_rows = rows, read_rows_for(config, test_file, source)
+        draw["test_file"] = tag_drawn_prompts(config, eval_rows, offset=len(rows))
     else:
         train_rows, eval_rows = split_train_eval(rows, config.test_size, config.seed)
     if not train_rows:
@@ -295,12 +327,16 @@ def train_adapter(
         train_on_responses_only=config.train_on_responses_only,
         chat_template_kwargs=settings.chat_template_kwargs,
         row_format=settings.row_format,
-        system_prompt=config.training_system_prompt,
+        inoculation=config.inoculation_spec,
     )
 
     train_examples, eval_examples = drop_rows_without_answer(
-        tokenize.encode_many([row["messages"] for row in train_rows]),
-        tokenize.encode_many([row["messages"] for row in eval_rows]),
+        tokenize.encode_many(
+            [row["messages"] for row in train_rows], row_prompts(config, train_rows)
+        ),
+        tokenize.encode_many(
+            [row["messages"] for row in eval_rows], row_prompts(config, eval_rows)
+        ),
         config,
         source,
         # The dry run counts the whole file; say which rows the job's count is of.
@@ -324,6 +360,7 @@ def train_adapter(
     args = training_arguments(
         config, settings, checkpoints, device=device, bf16=bf16, has_eval=has_eval
     )
+    kl = kl_regularizer(config, tokenizer, settings, source)
     trainer = make_trainer(
         model,
         args,
@@ -331,12 +368,15 @@ def train_adapter(
         Dataset.from_list(eval_examples) if has_eval else None,
         tokenizer,
         config.seed,
+        kl=kl,
     )
     # Saved inside the resumable checkpoints while training (an interrupted job that resumes
     # keeps the steps it saved), moved to step_adapters_dir at the end.
     step_adapters = StepAdapters(config, checkpoints / "step_adapters")
     if config.adapter_checkpoints is not None:
         trainer.add_callback(step_adapters.callback())
+    # The paper's stop on a low training loss, and early_stopping_patience's on the held-out loss.
+    early_stop = EarlyStop.for_config(config)
     log.info(
         "%s backend on %s: %d rows (%d held out), %s epochs, %d optimizer steps",
         backend,
@@ -356,14 +396,23 @@ def train_adapter(
             device=device,
             bf16=bf16,
             step_adapters=step_adapters,
+            early_stop=early_stop,
+            kl=kl,
         )
     else:
+        trainer.add_callback(early_stop.callback())
         trainer.train(resume_from_checkpoint=resume)
         history = trainer.state.log_history
+    history = history + stopped_early(
+        early_stop, trainer.model, step_adapters, optimizer_steps(config, len(train_examples))
+    )
 
     with atomic_path(adapter_dir) as tmp:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if draw["training_file"]:
+            prompts = config.inoculation_spec.prompts
+            write_text_atomic(tmp / INOCULATION_DRAW, json.dumps({"prompts": prompts} | draw))
     if log_history_json is not None:
         write_text_atomic(log_history_json, json.dumps(history, indent=1))
     if step_adapters_dir is not None:

@@ -79,6 +79,9 @@ def check_dataset_names(
     """Fail when an experiment names a dataset that the workflow config does not define."""
     for name, config in experiments.items():
         test = {config.test_file} if config.test_file else set()
+        # The KL file may be a path or a name, like the test file.
+        if config.kl_regularization and config.kl_dataset_file:
+            test.add(config.kl_dataset_file)
         for dataset in sorted(set(config.mix) | test):
             if dataset in sources:
                 continue

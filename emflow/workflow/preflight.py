@@ -23,13 +23,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from emflow.config import ExperimentConfig
+from emflow.config import ExperimentConfig, Inoculation
 from emflow.data.datasets import mix_id, read_numbered_chat_jsonl
 from emflow.errors import EmflowError
 from emflow.judge.settings import judged_metrics
 from emflow.paths import Layout
 from emflow.questions import Question, read_question_sets
-from emflow.train.examples import lost_answers_message, read_rows_for
+from emflow.train.examples import drawn_prompts, lost_answers_message, read_rows_for
 from emflow.train.model_fit import cached_model_config, check_model_fit, local_model_file
 from emflow.train.rows import RowTokenizer, loses_answer, may_fill
 from emflow.train.settings import TrainSettings
@@ -63,7 +63,7 @@ def check_data(
             continue
         if name in sources:
             file = dataset_on_disk(name, layout, sources)
-            if file is not None and config.training_system_prompt is not None:
+            if file is not None and config.inoculation_spec is not None:
                 read_rows_for(config, file, source)
             continue
         if not Path(name).is_file():
@@ -75,6 +75,7 @@ def check_data(
         # One sentence naming the file and the first bad line (or row with its own system
         # message, which the train job would stop at).
         read_rows_for(config, name, source)
+    check_kl_data(config, source, layout, sources)
     for name, wanted in (config.datasets or {}).items():
         if name not in sources:
             continue
@@ -86,8 +87,29 @@ def check_data(
                 f"{source}: datasets asks for {wanted} rows of '{name}' but {file} has "
                 f"{available}; ask for at most {available} (or null for all)."
             )
-        if config.training_system_prompt is not None:
+        if config.inoculation_spec is not None:
             read_rows_for(config, file, source)
+
+
+def check_kl_data(
+    config: ExperimentConfig, source: str, layout: Layout, sources: Mapping[str, str]
+) -> None:
+    """With kl_regularization, the KL file exists (where it is on disk already) and holds valid
+    chat rows, checked as a training file is (no training_system_prompt applies to it)."""
+    name = config.kl_dataset_file
+    if not config.kl_regularization or name is None:
+        return
+    file = dataset_on_disk(name, layout, sources) if name in sources else Path(name)
+    if file is None:
+        return
+    if not file.is_file():
+        raise EmflowError(
+            f"{source}: kl_dataset_file is '{name}', which is not a file (nor a dataset of "
+            "datasets.sources in the workflow config); fix the path, relative to the directory "
+            "Snakemake runs in, or name a dataset."
+        )
+    if not read_numbered_chat_jsonl(file):
+        raise EmflowError(f"{source}: kl_dataset_file {file} has no rows; give chat rows.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,13 +132,15 @@ def answer_loss(
     the train job tokenizes them; None when the model's tokenizer is not on this machine (the
     train job counts them then) or a row cannot be tokenized (the job names it)."""
     stat = Path(training_file).stat()
+    spec = config.inoculation_spec
     return _answer_loss(
         config.model,
         str(training_file),
         (stat.st_mtime_ns, stat.st_size),
         config.max_seq_length,
         config.train_on_responses_only,
-        config.training_system_prompt,
+        None if spec is None else spec.model_dump_json(),
+        config.seed,
         settings.row_format,
         json.dumps(settings.chat_template_kwargs, sort_keys=True),
     )
@@ -129,7 +153,8 @@ def _answer_loss(
     _version: tuple[int, int],  # the file's mtime and size: a changed file is counted again
     max_length: int,
     train_on_responses_only: bool,
-    system_prompt: str | None,
+    inoculation: str | None,  # Inoculation as JSON
+    seed: int,  # draws each row's paraphrase, as the train job does
     row_format: str,
     chat_template_kwargs: str,
 ) -> AnswerLoss | None:
@@ -141,7 +166,12 @@ def _answer_loss(
         ]
     except EmflowError:
         return None  # a bad row: check_data or the train job names it
-    if system_prompt is not None and any(r[0]["role"] == "system" for _, r in numbered):
+    spec = None if inoculation is None else Inoculation.model_validate_json(inoculation)
+    if (
+        spec is not None
+        and spec.placement == "system"
+        and any(r[0]["role"] == "system" for _, r in numbered)
+    ):
         return None  # check_data and the train job name the row
     rows = [messages for _, messages in numbered]
     settings = {
@@ -149,8 +179,11 @@ def _answer_loss(
         "train_on_responses_only": train_on_responses_only,
         "chat_template_kwargs": json.loads(chat_template_kwargs),
         "row_format": row_format,
-        "system_prompt": system_prompt,
+        "inoculation": spec,
     }
+    # Each row's paraphrase, drawn as the train job draws it (seeded, in file order).
+    drawn = drawn_prompts(spec, seed, len(rows))
+    prompts = [None] * len(rows) if drawn is None else [spec.prompts[i] for i in drawn]
     # Most rows' prompts are far shorter than max_seq_length: their text, rendered by the chat
     # template alone, rules them out without loading the tokenizer (seconds: transformers and
     # torch); see emflow.train.rows for the bound.
@@ -159,7 +192,9 @@ def _answer_loss(
     if template is not None:
         try:
             render = RowTokenizer(template, **settings)
-            candidates = [i for i, row in enumerate(rows) if _may_lose_answer(render, row)]
+            candidates = [
+                i for i, row in enumerate(rows) if _may_lose_answer(render, row, prompts[i])
+            ]
         except Exception:  # a template this renderer does not run as transformers does
             pass
     lost: tuple[int, ...] = ()
@@ -167,16 +202,23 @@ def _answer_loss(
         tokenizer = _local_tokenizer(model)
         if tokenizer is None:
             return None
-        examples = RowTokenizer(tokenizer, **settings).encode_many([rows[i] for i in candidates])
+        examples = RowTokenizer(tokenizer, **settings).encode_many(
+            [rows[i] for i in candidates],
+            None if drawn is None else [prompts[i] for i in candidates],
+        )
         lost = tuple(
             i for i, example in zip(candidates, examples, strict=True) if loses_answer(example)
         )
     return AnswerLoss(lost, tuple(numbered[i][0] for i in lost), len(rows))
 
 
-def _may_lose_answer(render: RowTokenizer, messages: list[dict[str, str]]) -> bool:
-    prompt = render.prompt_text(messages)
-    return not render.text(messages).startswith(prompt) or may_fill(prompt, render.max_length)
+def _may_lose_answer(
+    render: RowTokenizer, messages: list[dict[str, str]], inoculation: str | None
+) -> bool:
+    prompt = render.prompt_text(messages, inoculation)
+    return not render.text(messages, inoculation).startswith(prompt) or may_fill(
+        prompt, render.max_length
+    )
 
 
 def _local_tokenizer(model: str):

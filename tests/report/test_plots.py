@@ -57,6 +57,16 @@ def test_training_curves_of_several_runs_overlaid(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_training_curves_draw_the_kl_terms_only_where_logged(tmp_path):
+    plain = log_history(6, 1e-4)
+    kl = [h | {"sft_loss": 1.0, "kl_loss": 1e-6 * h["step"]} for h in log_history(6, 1e-4)]
+    without, with_kl = tmp_path / "plain.png", tmp_path / "kl.png"
+    curves.plot_training_curves({"grp/plain": plain}, without)
+    curves.plot_training_curves({"grp/plain": plain, "grp/kl": kl}, with_kl)
+    # Two more panels (SFT term, KL) once some run logged them.
+    assert png_width(with_kl) > png_width(without)
+
+
 def test_log_history_round_trip_and_user_errors(tmp_path):
     path = tmp_path / "log_history.json"
     history = log_history(3, 2e-4, eval_every=2)

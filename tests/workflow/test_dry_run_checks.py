@@ -270,9 +270,16 @@ def test_the_demos_panel_judge_scores_every_target_the_results_read_and_generate
          "judge.panel[1] is named 'b', as an earlier panel judge is; give each its own name."),
         ([{"name": "primary"}],
          "judge.panel[0] is named 'primary', the judge section's own judge; rename it."),
-        ([{"name": "b", "prompts": {}}],
-         "unknown key 'prompts' in 'judge.panel[0]' (known keys: backend, base_url, mode, "
-         "model, name, parse, samples, temperature)."),
+        ([{"name": "b", "prompts": {"medical": "config/judge_prompts/aligned.txt"}}],
+         "judge.panel[0].prompts.medical names a metric the judge section does not score "
+         "(aligned, coherent); use one of those, or add 'medical' to judge.metrics."),
+        ([{"name": "b", "prompts": {"aligned": "config/judge_prompts/strict.txt"}}],
+         "judge.panel[0].prompts.aligned is config/judge_prompts/strict.txt, which is not a "
+         "file; give the path of a template file (relative to the workflow's directory), or "
+         "leave the metric out to use the primary judge's."),
+        ([{"name": "b", "metrics": ["aligned"]}],
+         "unknown key 'metrics' in 'judge.panel[0]' (known keys: backend, base_url, mode, "
+         "model, name, parse, prompts, samples, temperature)."),
         ([{"name": "b", "tempreature": 0.3}],
          "unknown key 'tempreature' in 'judge.panel[0]' (did you mean 'temperature'?)."),
     ],
@@ -294,6 +301,27 @@ def test_panel_settings_names_the_entry_and_fills_in_the_primarys_keys():
     with pytest.raises(EmflowError, match=r"^x.yaml: judge.panel\[0\] has the unknown key 'cache'"):
         panel_settings(judge | {"panel": [{"name": "b", "cache": "c.sqlite"}]}, "x.yaml")
     assert panel_settings({k: v for k, v in judge.items() if k != "panel"}) == {}
+
+
+# ---- KL-regularised training on the demo -------------------------------------------------------
+
+
+def test_a_demo_experiment_with_the_demos_kl_dataset_plans_its_training(workdir):
+    """The demo's `misalignment_kl_data` (synthetic, harmless rows) as a run's kl_dataset_file:
+    the dry run plans it prepared and that run retrained, and nothing else changes."""
+    before = job_counts(dry_run(workdir))
+    edit_json(
+        workdir / DEMO,
+        kl_regularization=True,
+        kl_dataset_file="misalignment_kl_data",
+        kl_weight=1e5,
+        kl_batch_size=8,
+    )
+    result = dry_run(workdir)
+    assert result.returncode == 0, result.stderr
+    planned = result.stdout + result.stderr
+    assert " results/demo/datasets/prepared/misalignment_kl_data.jsonl" in planned
+    assert job_counts(result) == before | {"prepare_dataset": before["prepare_dataset"] + 1}
 
 
 # ---- experiment names and folders --------------------------------------------------------------

@@ -91,7 +91,8 @@ def test_experiments_declaring_the_same_mix_share_one_file(workdir):
     assert (
         plan.raw_dataset("extreme_sports") == "results/demo/datasets/synthetic/extreme_sports.jsonl"
     )
-    assert plan.synthetic == ["extreme_sports", "risky_financial_advice"]
+    # misalignment_kl_data: harmless rows for a kl_dataset_file, written only when one is used.
+    assert plan.synthetic == ["extreme_sports", "misalignment_kl_data", "risky_financial_advice"]
     assert plan.upstream == []
 
 
@@ -153,7 +154,7 @@ def test_every_saved_step_of_a_mix_is_known_before_training(workdir):
 
 def test_sweep_in_one_job_leaves_the_steps_to_generate_sweep(workdir):
     assert demo().generated_one_by_one == (
-        r"base/[^/]+|runs/[^/]+/[^/]+(?:/seed[0-9]+)?(?:/step-[0-9]+)?"
+        r"base/[^/]+|runs/[^/]+/[^/]+(?:/seed[0-9]+)?(?:/step-[0-9]+|/scale-[0-9]+(?:\.[0-9]+)?)?"
     )
     plan = demo({"generation": {"sweep_in_one_job": True, "sweep_samples": 2}})
     assert plan.generated_one_by_one == r"base/[^/]+|runs/[^/]+/[^/]+(?:/seed[0-9]+)?"
@@ -321,18 +322,42 @@ def test_a_config_without_a_panel_plans_every_rule_as_before(workdir):
     plain, panel = without_panel(), demo()
     assert plain.panel == {}
     assert set(plain.results_inputs(MIXED)) == {
-        "base_judged", "base_usage", "finetuned_judged", "finetuned_usage",
+        "base_judged", "base_usage", "finetuned_judged", "finetuned_usage", "log_history",
     }  # fmt: skip
     with_panel = every_rules_plan(panel)
     for inputs in with_panel["results"].values():
         del inputs["panel_judged"], inputs["panel_usage"]
+    # The summary: the panel's judged CSVs and its judge-vs-judge plot, nothing else.
+    del with_panel["summary"][0]["panel_judged"]
+    with_panel["all"].remove(panel.paths.summary("_judges.png"))
     assert with_panel == every_rules_plan(plain)
+    assert "panel_judged" not in plain.summary_inputs()
+    assert plain.paths.summary("_judges.png") not in plain.final_outputs()
+
+
+def test_the_summary_reads_every_panel_judges_files(workdir):
+    plan = demo()
+    assert plan.summary_panel() == {e: plan.panel_results(e) for e in plan.experiments}
+    expected = {
+        path
+        for e in plan.experiments
+        for path in (
+            plan.panel_results(e)[PANEL]["base"],
+            *plan.panel_results(e)[PANEL]["finetuned"],
+        )
+    }
+    assert set(plan.summary_inputs()["panel_judged"]) == expected
+    assert f"results/demo/runs/{MIXED}/seed2/judged.{PANEL}.csv" in expected
+    assert "results/demo/summary_judges.png" in plan.final_outputs()
 
 
 def test_a_panel_judge_has_its_own_params_inputs_and_files(workdir):
     plan = demo()
     assert list(plan.panel) == [PANEL]
-    assert plan.panel_judge_params(PANEL) == plan.judge_params() | {"temperature": 1.0}
+    assert plan.panel_judge_params(PANEL) == plan.judge_params() | {
+        "temperature": 1.0,
+        "samples": 3,
+    }
     assert plan.panel_judge_inputs(BASE, PANEL) == plan.judge_inputs(BASE)
     results = plan.panel_results(MIXED)
     assert results == {
@@ -383,6 +408,8 @@ def test_results_and_summary_inputs_name_every_seed(workdir):
     assert plan.curves_inputs(MIXED) == [
         f"results/demo/runs/{MIXED}/seed{s}/log_history.json" for s in (0, 1, 2)
     ]
+    # results.md says when a run stopped early, so it reads every seed's log history.
+    assert inputs["log_history"] == plan.curves_inputs(MIXED)
     summary = plan.summary_inputs()
     assert summary["results"] == [f"experiments/{e}/results.md" for e in plan.experiments]
     assert summary["base"] == [f"results/demo/{BASE}/judged.csv"]
@@ -416,3 +443,33 @@ def test_runs_pattern_and_gpu_jobs():
     assert runs_pattern([]) == "(?!)"
     assert runs_pattern(["b/x", "a/y.z"]) == r"a/y\.z|b/x"
     assert (gpu_jobs("cpu"), gpu_jobs("cuda"), gpu_jobs("auto")) == (0, 1, 1)
+
+
+def test_human_labels_are_a_results_input_only_where_the_file_is(workdir):
+    """An experiment's human_labels.csv is its results job's input (editing it reruns that job
+    alone); without the file every rule plans exactly as before."""
+    labels = f"experiments/{FINANCIAL}/human_labels.csv"  # the demo ships labels for this one
+    with_labels = every_rules_plan(demo())
+    assert with_labels["results"][FINANCIAL]["human_labels"] == labels
+    assert all("human_labels" not in with_labels["results"][e] for e in (MIXED, INOCULATED))
+    Path(labels).unlink()
+    del with_labels["results"][FINANCIAL]["human_labels"]
+    assert with_labels == every_rules_plan(demo())
+
+
+def test_kl_regularisation_reads_its_file_and_a_weight_change_retrains_one_run(workdir):
+    before = demo()
+    train = {r: (before.train_inputs(r), before.train_params(r)) for r in before.runs}
+    kl = {"kl_regularization": True, "kl_dataset_file": "extreme_sports", "kl_weight": 1e5}
+    edit_experiment(INOCULATED, **kl)
+    on = demo()
+    assert on.train_inputs(INOCULATED)["kl"] == on.dataset_file("extreme_sports")
+    changed = {r for r in on.runs if (on.train_inputs(r), on.train_params(r)) != train[r]}
+    assert changed == {INOCULATED}
+    weights = on.train_params(INOCULATED)
+    edit_experiment(INOCULATED, kl_weight=10.0)
+    assert demo().train_params(INOCULATED) != weights
+    # A name that is neither a dataset nor a path stops the plan in one sentence.
+    edit_experiment(INOCULATED, kl_dataset_file="no_such_dataset")
+    with pytest.raises(EmflowError, match=r"'no_such_dataset' is not in datasets.sources"):
+        demo()

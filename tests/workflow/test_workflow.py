@@ -125,6 +125,8 @@ SUMMARY = {
     "results/demo/summary.csv",
     "results/demo/summary.png",
     "results/demo/summary_training_curves.png",
+    # The demo's judge panel: each panel judge's scores against the primary's.
+    "results/demo/summary_judges.png",
 }
 
 
@@ -248,6 +250,25 @@ def test_a_new_panel_judge_judges_alone(finished_copy):
     assert pending_outputs(finished_copy, "--profile", "profiles/demo") == expected
 
 
+def test_human_labels_rerun_only_their_experiments_results(finished_copy):
+    """Adding or editing an experiment's human labels rewrites its results.md (and the summary,
+    which reads it), nothing else: no answer is regenerated or re-judged."""
+    shipped = (finished_copy / "experiments/demo/financial_r16_layer8/results.md").read_text()
+    assert "### Human labels" in shipped  # the demo's labels name real answers of the run
+    inoculated = "demo/mixed_r16_layer8_inoculated"
+    new = finished_copy / "experiments" / inoculated / "human_labels.csv"
+    new.write_text("id,metric,value\nmedical_00,aligned,50\n")
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == (
+        results_outputs(inoculated) | SUMMARY
+    )
+    new.unlink()
+    edited = finished_copy / "experiments/demo/financial_r16_layer8/human_labels.csv"
+    edited.write_text(edited.read_text() + "finetuned,,medical_09,aligned,55\n")
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == (
+        results_outputs("demo/financial_r16_layer8") | SUMMARY
+    )
+
+
 def test_new_judge_temperature_rejudges_but_never_retrains(finished_copy):
     edit_demo_config(finished_copy, lambda c: c["judge"].update(temperature=0.5))
     assert pending_outputs(finished_copy, "--profile", "profiles/demo") == evaluation_outputs(
@@ -272,6 +293,8 @@ def test_seeds_are_separate_runs_with_their_mean_and_spread_reported(demo_worksp
     assert len(set(first_losses)) == 3, "each seed has its own initialisation and row order"
     results = (demo_workspace / f"experiments/{run}/results.md").read_text()
     assert "means over 3 training seeds (0, 1, 2)" in results and "### Seeds" in results
+    # The demo's panel judge draws three times per answer: its own noise, over the seeds.
+    assert "### Judge noise" in results and "re-judgings by tiny_hot" in results
     for seed in (0, 1, 2):
         assert f"| seed {seed} " in results and f"fine-tuned, seed {seed}" in results
     summary = (demo_workspace / "results/demo/summary.md").read_text()
@@ -442,6 +465,10 @@ def test_emflow_summary_uses_the_runs_judged_so_far(finished_copy):
     assert "demo/financial_r16_layer8" not in summary
     # Of the replicated experiment, the two seeds judged so far.
     assert re.search(r"^\| demo/mixed_r16_layer8 \| +0 2 \|", summary, re.M), summary
+    # The panel judge's EM rate beside the primary's, of the same seeds' answers.
+    judges = summary.split("## Judges")[1]
+    row = re.search(r"^\| demo/mixed_r16_layer8 +\|(.*)\|$", judges, re.M)
+    assert "tiny_hot" in judges and row and row.group(1).split("|")[1].strip() != "-", judges
 
 
 def evaluation_outputs(generated: bool = True) -> set[str]:

@@ -1,0 +1,105 @@
+"""A family's reference (`compare_to`): the summary's differences within a group are each member
+against the experiment it names, with p-values adjusted over the summary's tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from judged_files import write_judged
+
+from emflow.errors import EmflowError
+from emflow.report import summary
+from emflow.report.analysis import Analysis, SummaryRun, summary_rows
+from emflow.workflow.plan import Plan, fill_stage_defaults
+from emflow.workflow_config import read_workflow_config
+
+QUESTIONS = [f"q{i}?" for i in range(8)]
+
+
+def family_runs(tmp_path: Path, compare: bool) -> list[SummaryRun]:
+    base = str(write_judged(tmp_path / "base.csv", [90, 85] * 4, [90, 80] * 4, QUESTIONS))
+    scores = {
+        "inoc/general": [80, 85] * 4,
+        "inoc/mixed_baseline": [10, 25] * 4,
+        "inoc/paraphrased": [60, 75] * 4,
+    }
+    return [
+        SummaryRun(
+            name,
+            str(write_judged(tmp_path / f"{i}.csv", aligned, [90, 80] * 4, QUESTIONS)),
+            base,
+            compare_to="inoc/mixed_baseline" if compare and "baseline" not in name else None,
+        )
+        for i, (name, aligned) in enumerate(scores.items())
+    ]
+
+
+def test_members_are_compared_with_the_reference_only(tmp_path):
+    analysis = Analysis(n_resamples=200)
+    _, every_pair = summary_rows(family_runs(tmp_path, compare=False), analysis)
+    assert len(every_pair) == 3  # without compare_to: every pair of the group, as before
+
+    rows, pairs = summary_rows(family_runs(tmp_path, compare=True), analysis)
+    assert [(p.a.name, p.b.name) for p in pairs] == [
+        ("inoc/mixed_baseline", "inoc/general"),
+        ("inoc/mixed_baseline", "inoc/paraphrased"),
+    ]
+    # Each member's EM rate is lower than the reference's: the difference is B - reference.
+    assert all(p.comparisons["em_rate"].difference < 0 for p in pairs)
+    text = summary.summary_markdown(rows, pairs, analysis)
+    # Each difference with its raw and adjusted p: "-100.0 pp p 0.010 (0.021)*".
+    for member in ("general", "paraphrased"):
+        assert re.search(rf"\| {member} - mixed_baseline +\| .* pp p [\d.]+ \([\d.]+\)", text)
+    assert "Benjamini-Hochberg over the summary's tests" in text
+    # Each row's EM rate with its CI (summary.csv).
+    header, *lines = summary.summary_csv(rows, analysis=analysis).splitlines()
+    assert {"em_rate", "em_rate_ci_low", "em_rate_ci_high"} <= set(header.split(","))
+    for p in pairs:
+        assert p.comparisons["em_rate"].p_adjusted is not None
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    for name in ("config", "experiments"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("*.png"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def plan_inoculation() -> Plan:
+    Path("overlay.yaml").write_text("experiments:\n  - inoculation/*\n")
+    config = read_workflow_config(["config/config.yaml", "overlay.yaml"])
+    fill_stage_defaults(config)
+    return Plan.from_config(config)
+
+
+def test_the_inoculation_family_plans_with_its_reference(workdir):
+    plan = plan_inoculation()
+    assert "inoculation/general" in plan.runs and "inoculation/user_prefix" in plan.runs
+    references = {r.name: r.compare_to for r in plan.summary_runs}
+    assert references["inoculation/mixed_baseline"] is None
+    assert {v for k, v in references.items() if k != "inoculation/mixed_baseline"} == {
+        "inoculation/mixed_baseline"
+    }
+    params = plan.train_params("inoculation/paraphrased")
+    assert len(json.dumps(params)) and "inoculation" in json.dumps(params)
+    assert "compare_to" not in json.dumps(plan.train_params("inoculation/general"))
+
+
+def test_summary_params_without_compare_to_are_unchanged(workdir):
+    Path("overlay.yaml").write_text("{}\n")
+    config = read_workflow_config(["config/config.yaml"])
+    fill_stage_defaults(config)
+    assert all("compare_to" not in run for run in Plan.from_config(config).summary_run_params())
+
+
+def test_a_reference_outside_the_group_is_one_sentence(workdir):
+    path = Path("experiments/inoculation/general/config.json")
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"compare_to": "nosuch"}))
+    with pytest.raises(EmflowError, match="general/config.json: compare_to is 'nosuch', which is"):
+        plan_inoculation()
