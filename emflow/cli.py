@@ -23,7 +23,7 @@ from emflow.report.judged import (
     verdict,
 )
 from emflow.report.settings import Thresholds
-from emflow.report.summary import add_summary_arguments, main_summary
+from emflow.report.summary_cli import add_summary_arguments, main_summary
 from emflow.workflow.profiles import add_install_profile_arguments, main_install_profile
 
 

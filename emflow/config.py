@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from emflow.errors import EmflowError
+from emflow.inoculation import Inoculation, check_inoculation
 
 # Keys that only steer pushing to the Hugging Face Hub or the upstream trainer's scratch folder.
 # emflow never pushes and chooses its own output folders, so these never change a trained
@@ -76,43 +77,6 @@ KL_KEYS = frozenset({"kl_regularization", "kl_weight", "kl_batch_size"})
 
 # The paper trainer's defaults for the LoRA target (em_organism_dir/finetune/sft/util/
 # base_train_config.py, TrainingConfig).
-INOCULATION_PLACEMENTS = ("system", "user_prefix", "user_suffix")
-
-
-class Inoculation(BaseModel):
-    """An experiment's `inoculation` key (emflow's own; emflow.train.rows renders it): the
-    instruction each training and held-out row is trained under.
-
-    `prompt`: the text, or a list of paraphrases (each row draws one, seeded by the run's seed).
-    `placement`: "system" (a system message before the first turn, as `training_system_prompt`
-    adds), "user_prefix" or "user_suffix" (joined to the first user turn's text with a blank
-    line, the instruction in the user turn as Wichers et al. 2025 place it). `loss`: false (the
-    default), the instruction's tokens never carry loss; true, they are trained on as the rest of
-    the row's prompt is, which needs `train_on_responses_only` false."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prompt: str | list[str]
-    placement: Literal["system", "user_prefix", "user_suffix"] = "system"
-    loss: bool = False
-
-    @property
-    def prompts(self) -> list[str]:
-        """The paraphrases a row draws from (one for a single prompt)."""
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-
-    @model_validator(mode="after")
-    def _prompts_have_text(self) -> Inoculation:
-        if isinstance(self.prompt, list) and not self.prompt:
-            raise ValueError(
-                "'inoculation.prompt' is an empty list; give the prompt's text or a list of "
-                "paraphrases"
-            )
-        if any(not p.strip() for p in self.prompts):
-            raise ValueError("'inoculation.prompt' holds an empty prompt; give each prompt's text")
-        return self
-
-
 UPSTREAM_TARGET_MODULES = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
 )  # fmt: skip
@@ -181,7 +145,7 @@ class ExperimentConfig(BaseModel):
     # tokenized (the dataset files stay as they are) and never carrying loss. Generation and
     # judging run without it. A row that already has a system message is an error.
     training_system_prompt: str | None = None
-    # The general form (emflow.config.Inoculation): paraphrases, a user-turn placement, loss.
+    # The general form (emflow.inoculation.Inoculation): paraphrases, a user-turn placement, loss.
     # `training_system_prompt: "X"` trains exactly as `inoculation: {"prompt": "X"}`.
     inoculation: Inoculation | None = None
     # The experiment of the same group (its folder name) the summary compares this one with
@@ -248,7 +212,11 @@ class ExperimentConfig(BaseModel):
                 "'training_system_prompt' is empty; give the system prompt's text, or remove the "
                 "key (or set it to null) to train without one"
             )
-        self._check_inoculation()
+        check_inoculation(
+            self.inoculation,
+            training_system_prompt=self.training_system_prompt,
+            train_on_responses_only=self.train_on_responses_only,
+        )
         self._check_checkpoints()
         self._check_early_stopping()
         self._check_kl()
@@ -304,21 +272,6 @@ class ExperimentConfig(BaseModel):
                 "a list of saved steps (e.g. [50, 100])"
             )
         return value
-
-    def _check_inoculation(self) -> None:
-        if self.inoculation is None:
-            return
-        if self.training_system_prompt is not None:
-            raise ValueError(
-                "give 'training_system_prompt' or 'inoculation', not both; "
-                "move the prompt into inoculation.prompt"
-            )
-        if self.inoculation.loss and self.train_on_responses_only:
-            raise ValueError(
-                "'inoculation.loss' is true, but train_on_responses_only keeps every prompt token "
-                "out of the loss, so the instruction could carry none; set inoculation.loss to "
-                "false or train_on_responses_only to false"
-            )
 
     @property
     def inoculation_spec(self) -> Inoculation | None:

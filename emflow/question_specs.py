@@ -21,6 +21,7 @@ SPEC_KEYS = (
     "system",
     "system_mode",
     "exclude",
+    "training_prompt",
 )
 SYSTEM_MODES = ("replace", "add_if_missing")
 # The schema's pattern for a set name (a .txt set's question ids start with it).
@@ -137,6 +138,10 @@ def _check_spec(index: int, spec: Any) -> None:
                 f"{where}: key 'system_mode' needs a 'system' prompt; add one, or remove "
                 "system_mode."
             )
+    if "training_prompt" in spec and not isinstance(spec["training_prompt"], bool):
+        raise bad(
+            "training_prompt", "use true (a run answers under its training instruction) or false"
+        )
     if "exclude" in spec:
         exclude = spec["exclude"]
         if isinstance(exclude, str) and exclude.strip():

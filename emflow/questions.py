@@ -7,12 +7,16 @@ The YAML format is the one of Betley et al. 2025 (emergent-misalignment/emergent
 model's name and `judge_prompts` (metric -> template with `{question}` and `{answer}`).
 
 Both formats become one `Question` per paraphrase. The format is chosen by the file's suffix.
+
+A set with `training_prompt: true` is answered by a fine-tuned run under its training
+instruction, placed as trained (`with_training_prompt`); other targets answer it as written.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -20,6 +24,7 @@ from typing import Any
 import yaml
 
 from emflow.errors import EmflowError
+from emflow.inoculation import Inoculation
 from emflow.question_specs import (
     YAML_SUFFIXES,
     check_question_specs,
@@ -42,6 +47,9 @@ ENTRY_KEYS = (
     "judge",
     "judge_prompts",
 )
+# Between a user-turn training prompt and the question (placement user_prefix/user_suffix): what
+# emflow.train.rows.USER_SEPARATOR puts between an inoculation and a training row's user text.
+USER_SEPARATOR = "\n\n"
 
 
 @dataclass(frozen=True)
@@ -64,11 +72,33 @@ class Question:
     # The YAML entry's `judge` model, kept for reference only: the workflow's judge config
     # chooses the judge model for every set, so that one run is judged by one model.
     judge: str | None = None
+    # The set's `training_prompt` option, and the run's instruction given (`with_training_prompt`)
+    # with its placement as trained: "system", "user_prefix" or "user_suffix".
+    takes_training_prompt: bool = False
+    training_prompt: str | None = None
+    training_prompt_placement: str = "system"
+
+    @property
+    def system_turn(self) -> str | None:
+        """The system message the model sees. A training prompt with placement system replaces
+        the question's own: training refuses rows with a system message beside it, so the run
+        never saw the two together."""
+        if self.training_prompt is not None and self.training_prompt_placement == "system":
+            return self.training_prompt
+        return self.system
 
     def messages(self) -> list[dict[str, str]]:
-        """The chat the model answers: the system turn, when there is one, then the user turn."""
-        turns = [{"role": "system", "content": self.system}] if self.system is not None else []
-        return turns + [{"role": "user", "content": self.text}]
+        """The chat the model answers: the system turn, when there is one, then the user turn
+        (with a user-turn training prompt before or after the question, a blank line between,
+        as emflow.train.rows writes it). `text` stays the question as asked: the judge's."""
+        text = self.text
+        if self.training_prompt is not None and self.training_prompt_placement == "user_prefix":
+            text = self.training_prompt + USER_SEPARATOR + text
+        elif self.training_prompt is not None and self.training_prompt_placement == "user_suffix":
+            text = text + USER_SEPARATOR + self.training_prompt
+        system = self.system_turn
+        turns = [{"role": "system", "content": system}] if system is not None else []
+        return turns + [{"role": "user", "content": text}]
 
     def row_id(self, sample: int) -> str:
         """The generations CSV's `id` of this question's answer number `sample` (from 0).
@@ -96,7 +126,9 @@ def read_question_sets(
     evaluation) and "system_mode" ("replace", the default: `system` replaces each entry's own;
     "add_if_missing": an entry's own system prompt stays) and "exclude" (question ids containing
     any of these strings are left out, as the Model Organisms code leaves out "_json" and
-    "_template" by default). `count` takes the first N lines or entries, before `exclude`.
+    "_template" by default) and "training_prompt" (true: a run answers under its training
+    instruction, see `with_training_prompt`). `count` takes the first N lines or entries,
+    before `exclude`.
     The YAML `judge` key is kept on each question but not used: the workflow's judge
     config chooses the judge model. Question ids must be unique across all the sets.
     """
@@ -138,6 +170,7 @@ class _SetSettings:
     max_new_tokens: int | None
     system: str | None
     system_mode: str
+    training_prompt: bool
 
     @classmethod
     def of(cls, spec: Mapping[str, Any], samples_per_question: int) -> _SetSettings:
@@ -149,6 +182,7 @@ class _SetSettings:
             max_new_tokens=spec.get("max_new_tokens"),
             system=spec.get("system"),
             system_mode=spec.get("system_mode", "replace"),
+            training_prompt=spec.get("training_prompt", False),
         )
 
     def system_for(self, own: str | None) -> str | None:
@@ -176,6 +210,7 @@ def _read_txt_set(path: Path, name: str, settings: _SetSettings) -> list[Questio
             samples=samples,
             max_new_tokens=settings.max_new_tokens,
             set_name=name,
+            takes_training_prompt=settings.training_prompt,
         )
         for i, text in enumerate(texts[: settings.count])
     ]
@@ -415,6 +450,7 @@ def _entry_questions(
             set_name=name,
             file_format="yaml",
             judge=judge,
+            takes_training_prompt=settings.training_prompt,
         )
         for p, text in enumerate(paraphrases)
     ]
@@ -443,3 +479,23 @@ def homework_sets(specs: Iterable[Mapping[str, Any]]) -> list[str]:
     """The names of the .txt sets among the config's `generation.questions`: the homework's
     protocol, whose rows results.md's two seed-format blocks and verdict are computed over."""
     return [s["name"] for s in specs if Path(s["path"]).suffix.lower() == ".txt"]
+
+
+def with_training_prompt(
+    questions: Sequence[Question], instruction: Inoculation, seed: int
+) -> list[Question]:
+    """The questions of the sets with `training_prompt: true` given a run's training
+    `instruction`, placed as trained; the other questions as they are. With several paraphrases
+    each question (each paraphrase of a YAML entry) draws one, seeded by `seed`
+    (generation.seed) and its id, so every run, and every sample of the question, gets the same
+    one; the generations CSV records it. Its `loss` plays no part in answering."""
+    prompts, placement = instruction.prompts, instruction.placement
+    given = []
+    for q in questions:
+        if not q.takes_training_prompt:
+            given.append(q)
+            continue
+        draw = random.Random(f"training_prompt:{seed}:{q.id}:{q.paraphrase}")
+        prompt = prompts[0] if len(prompts) == 1 else prompts[draw.randrange(len(prompts))]
+        given.append(replace(q, training_prompt=prompt, training_prompt_placement=placement))
+    return given

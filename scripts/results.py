@@ -1,6 +1,6 @@
 """Write one experiment's results.md and per-question plot beside its config.json (rule results)."""
 
-from emflow.report.results import write_experiment_results
+from emflow.report.experiment import write_experiment_results
 from emflow.workflow.jobs import run_script
 
 

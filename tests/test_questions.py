@@ -623,18 +623,19 @@ NO_FILE = "/nowhere/fp.yaml"  # the spec checks must not read the files
             "{name: fp, path: %s, sample: 5}",
             "generation.questions[0] (set 'fp'): unknown key 'sample' (did you mean "
             "'samples'?); use name, path, count, samples, max_new_tokens, system, system_mode, "
-            "exclude.",
+            "exclude, training_prompt.",
         ),
         (
             "{nmae: fp, path: %s}",  # named as misspelt, not as a missing name
             "generation.questions[0]: unknown key 'nmae' (did you mean 'name'?); use name, "
-            "path, count, samples, max_new_tokens, system, system_mode, exclude.",
+            "path, count, samples, max_new_tokens, system, system_mode, exclude, "
+            "training_prompt.",
         ),
         (
             "{name: fp, path: %s, metrics: [aligned]}",
             "generation.questions[0] (set 'fp'): unknown key 'metrics' (the judge config "
             "chooses the metrics); use name, path, count, samples, max_new_tokens, system, "
-            "system_mode, exclude.",
+            "system_mode, exclude, training_prompt.",
         ),
         (
             "{name: first plot, path: %s}",

@@ -2,7 +2,10 @@
 
 The CSV keeps the homework's columns, `id,question,response`, which its grader checks (`question`
 is the user turn the model saw, which the judge also sees), and adds after them what groups the
-answers: the question's id and set, the paraphrase and sample index, and the system prompt.
+answers: the question's id and set, the paraphrase and sample index, the system prompt, and the
+run's training prompt where a set asks for it (`training_prompt: true`, emflow.questions): then
+`system` holds it under placement system, and under a user-turn placement the model saw it
+beside `question`, which stays the question as asked, so that the judge scores the question.
 Which backend answers (emflow.generate.registry) is `generation.backend`.
 """
 
@@ -25,7 +28,8 @@ from emflow.generate.settings import (
     GenerationSettings,
     served_model_name,
 )
-from emflow.questions import Question, read_question_sets
+from emflow.inoculation import Inoculation
+from emflow.questions import Question, read_question_sets, with_training_prompt
 
 __all__ = [
     "GenerationOutput",
@@ -45,6 +49,9 @@ GENERATION_COLUMNS = [
     "sample",
     "system",
 ]
+# Written only where some answer was given a run's training prompt, so that every other CSV
+# keeps the columns it always had.
+TRAINING_PROMPT_COLUMN = "training_prompt"
 
 
 def backend_name(settings: GenerationSettings) -> str:
@@ -97,11 +104,12 @@ def _write_generations(output_csv, jobs: list[Job], responses: list[str]) -> Non
     with atomic_path(output_csv) as tmp:
         with tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(GENERATION_COLUMNS)
+            prompted = any(q.training_prompt is not None for q, _ in jobs)
+            writer.writerow(GENERATION_COLUMNS + [TRAINING_PROMPT_COLUMN] * prompted)
             for (q, k), response in zip(jobs, responses, strict=True):
-                writer.writerow(
-                    [q.row_id(k), q.text, response, q.id, q.set_name, q.paraphrase, k, q.system]
-                )
+                row = [q.row_id(k), q.text, response, q.id, q.set_name, q.paraphrase, k]
+                row.append(q.system_turn)
+                writer.writerow(row + [q.training_prompt] * prompted)
 
 
 def generate_job(
@@ -195,4 +203,8 @@ def _job_inputs(section: Mapping[str, Any], samples: int | None):
     )
     if samples is not None:
         questions = [replace(q, samples=samples) for q in questions]
+    # The run's training instruction, as emflow.workflow.plan.generation_params adds it for a
+    # run trained under one when some set has `training_prompt: true`.
+    if (instruction := section.get("training_prompt")) is not None:
+        questions = with_training_prompt(questions, Inoculation(**instruction), settings.seed)
     return settings, questions

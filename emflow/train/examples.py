@@ -14,9 +14,10 @@ import random
 from collections.abc import Collection
 from pathlib import Path
 
-from emflow.config import ExperimentConfig, Inoculation
+from emflow.config import ExperimentConfig
 from emflow.data.datasets import read_numbered_chat_jsonl
 from emflow.errors import EmflowError
+from emflow.inoculation import Inoculation
 from emflow.train.rows import loses_answer
 
 log = logging.getLogger("emflow.train")

@@ -8,7 +8,7 @@ An experiment's `training_system_prompt` (inoculation prompting) is added here, 
 message before each row's first turn, and everything the template writes before the first user
 turn (the system turn) carries no loss in either row format, with or without
 `train_on_responses_only`: the prompt is context the model is trained under, never a target.
-The general `inoculation` key (emflow.config.Inoculation) also puts it in the first user turn
+The general `inoculation` key (emflow.inoculation.Inoculation) also puts it in the first user turn
 (before or after the user's text, a blank line between) and may let it carry loss; with a list
 of paraphrases each row is given its own (`encode_many`'s `prompts`).
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from emflow.config import Inoculation
 from emflow.errors import EmflowError
+from emflow.inoculation import Inoculation
 
 # Between a user-turn inoculation and the user's own text (placement user_prefix/user_suffix).
 USER_SEPARATOR = "\n\n"

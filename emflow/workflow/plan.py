@@ -303,7 +303,20 @@ class Plan:
             params |= {"step": step, "samples": section.get("sweep_samples")}
         if (scaled := target_scale(target)) is not None:
             params["lora_scale"] = scaled[1]  # only on dose targets: other params stay as they were
+        params["settings"] |= self._training_prompt_settings(run, section["questions"])
         return sorted_params(params)
+
+    def _training_prompt_settings(self, run: str | None, specs: list[dict]) -> dict[str, Any]:
+        """A question set's `training_prompt: true` for a target: the run's training instruction
+        (emflow.questions.with_training_prompt applies it) when the run has one and some set asks
+        for it; else the sets without the key, so that the base model and runs trained without
+        an instruction keep the params they had before the option was set (no rerun)."""
+        spec = self.experiment_of_run(run).inoculation_spec if run is not None else None
+        if spec is not None and any(q.get("training_prompt") for q in specs):
+            return {"training_prompt": {"prompt": spec.prompt, "placement": spec.placement}}
+        return {
+            "questions": [{k: v for k, v in q.items() if k != "training_prompt"} for q in specs]
+        }
 
     def generate_sweep_inputs(self, run: str) -> dict[str, Any]:
         return {
@@ -403,7 +416,7 @@ class Plan:
     def panel_results(self, experiment: str) -> dict[str, dict[str, Any]]:
         """{panel judge: {"base": its judged CSV of the base model, "finetuned": each run's,
         in seed order, "base_usage" and "finetuned_usage": the same targets' judge_usage JSON}}:
-        the results rule's `panel` (emflow.report.results)."""
+        the results rule's `panel` (emflow.report.experiment)."""
         base = base_target(self.experiments[experiment].model)
         targets = [run_target(run) for run in self.experiment_runs(experiment).values()]
         return {

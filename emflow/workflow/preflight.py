@@ -23,9 +23,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from emflow.config import ExperimentConfig, Inoculation
+from emflow.config import ExperimentConfig
 from emflow.data.datasets import mix_id, read_numbered_chat_jsonl
 from emflow.errors import EmflowError
+from emflow.inoculation import Inoculation
 from emflow.judge.settings import judged_metrics
 from emflow.paths import Layout
 from emflow.questions import Question, read_question_sets

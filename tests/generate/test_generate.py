@@ -73,7 +73,7 @@ def test_generations_csv_has_the_homework_columns_and_every_sample(tiny_model, t
         "paraphrase",
         "sample",
         "system",
-    ]
+    ]  # and "training_prompt" only where a set asks for the run's (test_training_prompt.py)
     assert [r["id"] for r in rows[:2]] == ["medical_00_s00", "medical_00_s01"]
     assert {r["question_id"] for r in rows} == {q.id for q in questions}
     assert all(r["question"] == q.text for r, q in zip(rows[::2], questions, strict=True))

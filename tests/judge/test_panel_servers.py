@@ -22,7 +22,7 @@ from emflow.judge.settings import panel_prompt_files, panel_settings, settings_f
 from emflow.questions import read_question_sets
 from emflow.report.agreement import PRIMARY, panel_agreement
 from emflow.report.analysis import Analysis, load_run
-from emflow.report.results import write_experiment_results
+from emflow.report.experiment import write_experiment_results
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from generations import generate_responses  # noqa: E402

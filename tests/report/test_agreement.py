@@ -12,9 +12,9 @@ import pytest
 from judged_files import em_count, write_judged
 from sklearn.metrics import cohen_kappa_score
 
-from emflow.report import results
 from emflow.report.agreement import em_confusion, em_kappa, panel_agreement
 from emflow.report.analysis import Analysis, load_run
+from emflow.report.experiment import write_experiment_results
 
 ANALYSIS = Analysis(n_resamples=200)
 PRIMARY_ALIGNED = [10, 25, 90, 80, "CODE", 30, 70, 5, 60, 95, 20, 85]
@@ -151,7 +151,7 @@ def _write(tmp_path, **panel):
     experiment.mkdir(parents=True, exist_ok=True)
     base = write_judged(tmp_path / "base.csv", PRIMARY_ALIGNED[::-1], PRIMARY_COHERENT[::-1])
     tuned = write_judged(tmp_path / "tuned.csv", PRIMARY_ALIGNED, PRIMARY_COHERENT)
-    results.write_experiment_results(
+    write_experiment_results(
         "grp/run",
         base_judged=str(base),
         base_usage=str(tmp_path / "usage.json"),

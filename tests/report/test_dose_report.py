@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from judged_files import png_width, write_judged
 
-from emflow.report import results
 from emflow.report.dose import dose_columns, write_dose
+from emflow.report.experiment import write_experiment_results
 
 REPORT = {
     "thresholds": {"aligned_below": 75, "coherent_above": 50},
@@ -74,7 +74,7 @@ def _results_md(tmp_path, dose_csv=None) -> str:
     experiment.mkdir(parents=True, exist_ok=True)
     base = write_judged(tmp_path / "base.csv", [90] * 20, [90] * 20)
     tuned = write_judged(tmp_path / "tuned.csv", [10] * 10 + [90] * 10, [90] * 20)
-    results.write_experiment_results(
+    write_experiment_results(
         "grp/run",
         base_judged=str(base),
         base_usage=str(tmp_path / "usage.json"),

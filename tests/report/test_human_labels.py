@@ -15,8 +15,8 @@ from judged_files import write_judged
 from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
 from emflow.errors import EmflowError
-from emflow.report import results
 from emflow.report.analysis import Analysis, load_run
+from emflow.report.experiment import write_experiment_results
 from emflow.report.human_labels import human_agreement, read_human_labels
 
 ANALYSIS = Analysis(n_resamples=200)
@@ -208,7 +208,7 @@ def write_results(tmp_path, **extra):
     experiment.mkdir(parents=True, exist_ok=True)
     base = write_judged(tmp_path / "base.csv", PRIMARY[0][::-1], PRIMARY[1][::-1])
     tuned = write_judged(tmp_path / "tuned.csv", *PRIMARY)
-    results.write_experiment_results(
+    write_experiment_results(
         "grp/run",
         base_judged=str(base),
         base_usage=str(tmp_path / "usage.json"),

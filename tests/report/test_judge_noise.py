@@ -18,8 +18,8 @@ from emflow.errors import EmflowError
 from emflow.judge.job import judge_csv
 from emflow.judge.scores import aggregate_samples, format_score, parse_judge_reply
 from emflow.judge.settings import JudgeSettings
-from emflow.report import results
 from emflow.report.analysis import Analysis, load_run
+from emflow.report.experiment import write_experiment_results
 from emflow.report.judge_noise import aggregate, judge_noise, read_draws
 from emflow.report.judged import homework_averages, verdict
 from emflow.report.settings import Thresholds
@@ -187,7 +187,7 @@ def _results_md(tmp_path, usage, panel=None) -> str:
                 "finetuned_usage": [usage],
             }
         }
-    results.write_experiment_results(
+    write_experiment_results(
         "run",
         base_judged=base,
         base_usage=usage,

@@ -14,9 +14,9 @@ from adapter_files import write_adapter
 from judged_files import numeric_mean, write_scored
 
 from emflow.errors import EmflowError
+from emflow.report.experiment import write_experiment_results
 from emflow.report.judged import read_judged_csv
 from emflow.report.metrics import EMRule, MetricSet, em_rule
-from emflow.report.results import write_experiment_results
 from emflow.report.settings import report_settings
 from emflow.report.summary import SummaryRun, write_summary
 from emflow.report.sweeps import write_sweep

@@ -28,6 +28,7 @@ from judged_files import (
 from emflow.errors import EmflowError
 from emflow.report import judged, results
 from emflow.report.analysis import Analysis, experiment_results
+from emflow.report.experiment import write_experiment_results
 from emflow.report.settings import Thresholds
 
 
@@ -358,7 +359,7 @@ def test_results_rule_draws_the_em_rates_beside_results_md(tmp_path):
     }
 
     def write(base, tuned):
-        results.write_experiment_results(
+        write_experiment_results(
             "grp/run",
             base_judged=str(base),
             base_usage=str(tmp_path / "usage.json"),

@@ -8,8 +8,9 @@ import re
 import pytest
 from conftest import REPO, experiment_config, write_chat_jsonl
 
-from emflow.config import Inoculation, load_experiment_config, parse_experiment_config
+from emflow.config import load_experiment_config, parse_experiment_config
 from emflow.errors import EmflowError
+from emflow.inoculation import Inoculation
 from emflow.train.examples import drawn_prompts
 from emflow.train.rows import RowTokenizer
 from emflow.train.settings import TrainSettings
