@@ -3,10 +3,11 @@
 The seed's mixed config (rsLoRA r16 on layer 8, batch 2 x 8 accumulation, adamw_8bit) on rows
 of realistic length (train_speed.py's), with and without the paper's KL term (`kl_weight` 1e5,
 `kl_batch_size` 8: each optimizer step runs 8 KL batches, one per micro-batch, each through the
-adapted layers twice, once with the adapters off for the reference). Each variant trains
-`--steps` optimizer steps in this process after `--warmup` untimed ones (which include
-capturing the CUDA graphs and computing the KL batches' frozen layers once); the ratio is
-against the same path with KL off, measured in the same run.
+adapted layers, and at its first use once more with the adapters off for the reference). Each
+variant trains `--steps` optimizer steps in this process after `--warmup` untimed ones (which
+include capturing the CUDA graphs and computing each KL batch's frozen layers and reference
+once, emflow.train.fast_kl); the ratio is against the same path with KL off, measured in the
+same run.
 
     python benchmarks/kl_speed.py            # on a GPU machine, about 2 minutes
     python benchmarks/kl_speed.py --smoke    # a tiny model on the CPU

@@ -33,6 +33,7 @@ from emflow.report.analysis import (
     summary_rows,
 )
 from emflow.report.curves import plot_training_curves
+from emflow.report.families import family_sections, group_references
 from emflow.report.figures import plot_scatter
 from emflow.report.judge_plots import plot_judge_scores
 from emflow.report.judged import read_reported
@@ -136,10 +137,12 @@ def summary_markdown(
     demo: bool = False,
     question_em: SummaryQuestionEM | None = None,
     judges: SummaryJudges | None = None,
+    references: Mapping[str, str] | None = None,
 ) -> str:
     """The summary table, then with a judge panel (`judges`) each judge's EM rate, the spread
     across seeds, the differences within groups and, with `question_em`, each question's EM rate
-    in every row.
+    in every row. A group in `references` ({group: its reference's full name}, from
+    `compare_to`) gets its own table of every member against the reference instead.
 
     Each table has one legend line; the methods in full are in each experiment's results.md.
     """
@@ -221,23 +224,28 @@ def summary_markdown(
             "",
             "mean ± SD across seeds (lowest to highest seed).",
         ]
-    if pairs:
+    references = references or {}
+    plain = [p for p in pairs if p.group not in references]
+    if plain:
         lines += ["", "## Differences within groups", ""]
-        for group in dict.fromkeys(p.group for p in pairs):
+        for group in dict.fromkeys(p.group for p in plain):
             lines += [
                 f"{group}:",
                 "",
                 markdown_table(
                     ["runs (B - A)", *(m.header for m in analysis.metrics.shown)],
-                    [_pair_row(p, analysis.metrics.shown) for p in pairs if p.group == group],
+                    [_pair_row(p, analysis.metrics.shown) for p in plain if p.group == group],
                 ),
                 "",
             ]
-        comparisons = [c for p in pairs for c in p.comparisons.values()]
+        comparisons = [c for p in plain for c in p.comparisons.values()]
         lines.append(
             f"p raw (adjusted); * adjusted p < {alpha:g} ({_tests_named(comparisons)}, "
             "Benjamini-Hochberg over the summary's tests)."
         )
+    lines += family_sections(
+        rows, pairs, references, analysis, n_tests=n_tests, tests_named=_tests_named
+    )
     if question_em is not None:
         lines += ["", *_question_em_lines(rows, question_em, analysis)]
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -400,7 +408,13 @@ def write_summary(
     question_em = summary_question_em(rows, analysis)
     judges = summary_judges(runs, rows, panel, analysis)
     text = summary_markdown(
-        rows, pairs, analysis, demo=demo, question_em=question_em, judges=judges
+        rows,
+        pairs,
+        analysis,
+        demo=demo,
+        question_em=question_em,
+        judges=judges,
+        references=group_references(runs),
     )
     write_text_atomic(markdown, text)
     write_text_atomic(csv_path, summary_csv(rows, question_em, analysis, judges))

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from emflow.atomic import atomic_path
-from emflow.train.kl import FastKL, KLRegularizer
+from emflow.train.fast_kl import FastKL
+from emflow.train.kl import KLRegularizer
 
 log = logging.getLogger("emflow.train")
 
@@ -73,10 +74,6 @@ class _Model:
         for layer in self.layers[self.first :]:
             hidden = layer(hidden, position_ids=position_ids, position_embeddings=rope)
         return hidden
-
-    def logits(self, hidden, position_ids):
-        """Every position's logits from the hidden states `prefix` gives (the KL term's)."""
-        return self.lm_head(self.backbone.norm(self.upper(hidden, position_ids)))
 
     def loss_sum(self, hidden, labels, position_ids, tail_labels=None):
         """Summed cross-entropy over labelled positions, their count, and (with `tail_labels`, a
@@ -291,7 +288,6 @@ def fast_train(
     graphed = None
     if device == "cuda" and cuda_graphs:
         graphed = _GraphedSteps(parts, trainable, bf16)
-
     fast_kl = None if kl is None else FastKL(kl, model, parts, device, autocast)
 
     state = _load_checkpoint(checkpoints, model, optimizer, scheduler)
@@ -322,45 +318,29 @@ def fast_train(
         chosen = order_t[rows]
         gather = offsets_t[chosen][:, None] + positions[None]
         gather = torch.where(positions[None] < lengths_t[chosen][:, None], gather, total)
-        tail_labels, kl_terms = None, []
         if fast_kl is not None:
-            # The hf backend's micro-batches of this step: one KL batch each, and its logged
-            # sft_loss is the last one's share of the step's loss.
-            micro = math.ceil(len(chosen) / config.per_device_train_batch_size)
-            kl_terms = fast_kl.step(micro)
-            last = (micro - 1) * config.per_device_train_batch_size
+            # One KL batch per micro-batch of the hf backend, backpropagated here (FastKL.step).
+            fast_kl.step(len(chosen), config.per_device_train_batch_size)
+        if graphed is not None and len(chosen) < rows_per_step:
+            # An epoch's short last step, topped up with empty rows (zero states, no labels):
+            # they add nothing to the loss and keep the graph's shape.
+            filler = gather.new_full((rows_per_step - len(chosen), length), total)
+            gather = torch.cat([gather, filler])
+        labels = flat_labels[gather]
+        tail_labels = None if fast_kl is None else fast_kl.tail_labels(labels)
         if graphed is not None:
-            if len(chosen) < rows_per_step:
-                # An epoch's short last step, topped up with empty rows (zero states, no labels):
-                # they add nothing to the loss and keep the graph's shape.
-                filler = gather.new_full((rows_per_step - len(chosen), length), total)
-                gather = torch.cat([gather, filler])
-            labels = flat_labels[gather]
-            if fast_kl is not None:
-                tail_labels = labels.clone()
-                tail_labels[:last] = -100
-                loss_sum, tail_sum = graphed.loss_sum(
-                    flat_hidden[gather], labels, positions[None], tail_labels
-                )
-            else:
-                loss_sum = graphed.loss_sum(flat_hidden[gather], labels, positions[None])
+            out = graphed.loss_sum(flat_hidden[gather], labels, positions[None], tail_labels)
+            loss_sum, tail_sum = out if tail_labels is not None else (out, None)
             count = (labels[:, 1:] != -100).sum()
         else:
-            labels = flat_labels[gather]
-            if fast_kl is not None:
-                tail_labels = labels.clone()
-                tail_labels[:last] = -100
             with autocast:
                 loss_sum, count, tail_sum = parts.loss_sum(
                     flat_hidden[gather], labels, positions[None], tail_labels
                 )
         loss = loss_sum / count.clamp(min=1)
-        if kl_terms:
-            # Already backpropagated (FastKL.step): only the logged total carries them here.
-            terms = {"sft_loss": tail_sum / count.clamp(min=1), "kl_loss": kl_terms[-1]}
-            logged_loss = loss.detach() + fast_kl.weight * torch.stack(kl_terms).sum()
-        else:
-            terms, logged_loss = {}, loss
+        terms, logged_loss = (
+            ({}, loss) if fast_kl is None else fast_kl.logged(loss, tail_sum, count)
+        )
         logged = (step + 1) % config.logging_steps == 0 or step + 1 == total_steps
         # Started before backward is queued, so reading it back waits for this forward only.
         watched = _HostScalar(logged_loss) if early_stop is not None and logged else None
@@ -463,7 +443,7 @@ def evaluate(
     parts: _Model, examples, batch_size: int, limit: int, device: str, autocast, kl=None
 ) -> float:
     """Held-out loss as the Trainer reports it: the row-weighted mean of per-batch token means,
-    each plus the weighted KL term of the next KL batch with `kl` (emflow.train.kl.FastKL), as
+    each plus the weighted KL term of the next KL batch with `kl` (emflow.train.fast_kl), as
     the hf backend's loss calls add it."""
     import torch
 

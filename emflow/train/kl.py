@@ -79,9 +79,13 @@ class KLBatches:
         start = (n % self.batches) * self.batch_size
         return list(range(start, min(start + self.batch_size, len(self.examples))))
 
+    def batch(self, n: int):
+        """The `n`-th batch taken, as padded tensors."""
+        return pad_batch([self.examples[i] for i in self.indices(n)], self.pad_id)
+
     def next(self):
         """The next batch, as padded tensors."""
-        batch = pad_batch([self.examples[i] for i in self.indices(self.taken)], self.pad_id)
+        batch = self.batch(self.taken)
         self.taken += 1
         return batch
 
@@ -149,56 +153,3 @@ def kl_regularizer(
         config.kl_weight,
     )
     return KLRegularizer(batches, config.kl_weight)
-
-
-class FastKL:
-    """The KL term on the fast path (emflow.train.fast): the same KL batches, in the same order,
-    as the hf backend's loss calls take, through the fast path's own pieces (`parts`, its
-    `_Model`).
-
-    The reference is the same model with its LoRA contribution off (`disable_adapter`), so the
-    frozen weights already on the GPU serve both. Both the reference and the current logits
-    start from the hidden states entering the lowest adapted layer, which the adapters cannot
-    change: they are computed once per KL batch and kept, as the training rows' are (so
-    `kl_dataset_file`'s rows cost GPU memory for their hidden states, as the training rows do).
-    Right padding needs no attention mask here for the reason the training rows need none
-    (causal attention), and padded positions are masked out of the KL.
-    """
-
-    def __init__(self, regularizer: KLRegularizer, model, parts, device: str, autocast):
-        self.regularizer, self.model, self.parts = regularizer, model, parts
-        self.device, self.autocast = device, autocast
-        self.prefixes: dict[int, Any] = {}
-
-    @property
-    def weight(self) -> float:
-        return self.regularizer.weight
-
-    def kl(self):
-        """KL(reference || current) on the next KL batch, graded when grad mode is on."""
-        import torch
-
-        batches = self.regularizer.batches
-        index = batches.taken % batches.batches
-        batch = {k: v.to(self.device) for k, v in batches.next().items()}
-        positions = torch.arange(batch["input_ids"].shape[1], device=self.device)[None]
-        if index not in self.prefixes:
-            with torch.no_grad(), self.autocast:
-                self.prefixes[index] = self.parts.prefix(batch["input_ids"], positions)
-        hidden = self.prefixes[index]
-        with torch.no_grad(), self.autocast, self.model.disable_adapter():
-            reference = self.parts.logits(hidden, positions)
-        with self.autocast:
-            current = self.parts.logits(hidden, positions)
-        return token_kl(current, reference, batch["attention_mask"])
-
-    def step(self, micro_batches: int):
-        """The KL terms of one optimizer step: one per micro-batch the hf backend would run, each
-        backpropagated (times the weight) as soon as it is computed so that only one KL batch's
-        vocabulary-sized activations are alive at a time. Returns the detached terms."""
-        terms = []
-        for _ in range(micro_batches):
-            kl = self.kl()
-            (self.weight * kl).backward()
-            terms.append(kl.detach())
-        return terms

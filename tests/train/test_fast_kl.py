@@ -87,3 +87,59 @@ def test_fast_kl_on_the_gpu_follows_the_hf_backend(tiny_model, work):
         for (_, a), (_, b) in zip(ours, theirs, strict=True):
             assert a == pytest.approx(b, rel=5e-2, abs=1e-3), key
     assert curve(fast, "kl_loss")[0][1] == 0.0 and curve(fast, "kl_loss")[-1][1] > 0
+
+
+@pytest.mark.parametrize("chunk", [1024, 3, None])
+def test_the_cached_reference_and_blockwise_kl_are_autograds_kl(
+    tiny_model, work, chunk, monkeypatch
+):
+    """FastKL keeps each KL batch's reference from its first use (before the adapter changes)
+    and takes the KL in blocks of tokens with its gradient written out: the same term and adapter
+    gradients as emflow.train.kl.token_kl under autograd, through the whole model, with a fresh
+    reference at every use. `chunk` None: the plain path (a head with an adapter) does too."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    import emflow.train.fast_kl as fast_kl_module
+    from emflow.train.fast import _Model
+    from emflow.train.fast_kl import FastKL
+    from emflow.train.kl import KLBatches, KLRegularizer, kl_examples, token_kl
+    from emflow.train.trainer import load_lora_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    rows = [json.loads(line) for line in (work / "kl.jsonl").open()]
+    examples = kl_examples(rows, tokenizer, 256, DATE, "kl.jsonl")
+    torch.manual_seed(0)
+    model = load_lora_model(kl_config(tiny_model, work / "kl.jsonl"), "fast", bf16=False)
+    model.eval()  # no dropout: both sides see the same adapter
+    batches = KLBatches(examples, 2, tokenizer.pad_token_id)
+    autocast = torch.autocast("cpu", enabled=False)
+    fast = FastKL(KLRegularizer(batches, 1e5), model, _Model(model), "cpu", autocast)
+    assert fast.cached_reference
+    fast.cached_reference = chunk is not None
+    monkeypatch.setattr(fast_kl_module, "CHUNK", chunk or fast_kl_module.CHUNK)
+    for _ in range(batches.batches):  # LoRA B is zero: the reference is the current model
+        assert float(fast.kl()) == 0.0
+    assert len(fast.cache) == batches.batches
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for n in range(batches.batches, 2 * batches.batches + 1):  # cycled: cached batches
+        batch = batches.batch(n)
+        with torch.no_grad(), model.disable_adapter():
+            reference = model(**batch).logits
+        expected = token_kl(model(**batch).logits, reference, batch["attention_mask"])
+        grads = torch.autograd.grad(1e5 * expected, trainable)
+        for param in trainable:
+            param.grad = None
+        assert float(expected.detach()) > 0
+        assert float(fast.kl(1e5)) == pytest.approx(float(expected.detach()), rel=1e-5)
+        for param, grad in zip(trainable, grads, strict=True):
+            # Float rounding, summed in another order: small next to the largest entry.
+            scale = float(grad.abs().max())
+            torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-5 * scale)
+    assert batches.taken == 2 * batches.batches + 1

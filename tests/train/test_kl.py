@@ -212,4 +212,7 @@ def test_kl_trains_on_the_gpu_backends(tiny_model, tmp_path, backend):
     settings = TrainSettings(device="cuda", backend=backend, chat_template_kwargs=DATE)
     history = train_adapter(config, data, tmp_path / "adapter", settings=settings)
     steps = [h for h in history if "loss" in h]
-    assert steps[0]["kl_loss"] == 0.0 and steps[-1]["kl_loss"] > 0
+    # With LoRA B still zero the adapted model is the base model: KL 0 on the hf backend; on
+    # unsloth 1e-9 (seen on an H100), as its fused LoRA kernels round apart from the plain path.
+    first = 0.0 if backend == "hf" else 1e-6
+    assert steps[0]["kl_loss"] <= first and steps[-1]["kl_loss"] > 1e-6
