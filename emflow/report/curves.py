@@ -115,6 +115,48 @@ def plot_training_curves(
 SWEEP_NOTE = "DEMO: tiny random model and random judge - these curves mean nothing"
 # The scores beyond aligned (blue) and coherent (green); red, purple and orange are taken.
 _MORE_COLOURS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+SCORE_COLOURS = ("tab:blue", "tab:green", *_MORE_COLOURS)
+
+
+def draw_scores_against(
+    axes,
+    table: pd.DataFrame,
+    x: str,
+    base: Mapping[str, tuple[float, float, float]],
+    metrics: MetricSet,
+    *,
+    markersize: float,
+) -> None:
+    """The judged scores (axes[0]) and the EM rate (axes[1]) of `table` against its column `x`
+    (a sweep's step, a dose's LoRA scale): a line per seed, with CI bands for a single run and
+    the seeds' mean for replicates, over the base model's value and CI as a grey band.
+
+    `base` maps each judged score and "em_rate" to the base model's (value, low, high)."""
+    seeds = sorted(table["seed"].unique())
+    panels = [
+        (axes[0], list(zip((m.name for m in metrics.scores), SCORE_COLOURS, strict=False))),
+        (axes[1], [("em_rate", "tab:red")]),
+    ]
+    for ax, lines in panels:
+        for name, colour in lines:
+            value, low, high = base[name]
+            ax.axhspan(low, high, color="0.85", zorder=0)
+            ax.axhline(value, color="0.5", lw=1, ls="--", zorder=1,
+                       label=f"base model {name} (CI band)")  # fmt: skip
+            for seed in seeds:
+                rows = table[table["seed"] == seed]
+                ax.plot(rows[x], rows[name], color=colour, marker="o", markersize=markersize,
+                        lw=0.8 if len(seeds) > 1 else 1.6,
+                        label=name if len(seeds) == 1 else None)  # fmt: skip
+                if len(seeds) == 1:
+                    ax.fill_between(rows[x], rows[f"{name}_ci_low"],
+                                    rows[f"{name}_ci_high"], color=colour, alpha=0.15)  # fmt: skip
+            if len(seeds) > 1:
+                mean = table.groupby(x)[name].mean()
+                ax.plot(mean.index, mean.values, color=colour, lw=2.2,
+                        label=f"{name} (mean of {len(seeds)} seeds)")  # fmt: skip
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
 
 
 def plot_sweep(
@@ -137,31 +179,7 @@ def plot_sweep(
     plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(8.0, 9.0), sharex=True, layout="constrained")
     seeds = sorted(table["seed"].unique())
-    colours = ("tab:blue", "tab:green", *_MORE_COLOURS)
-    panels = [
-        (axes[0], *zip((m.name for m in metrics.scores), colours, strict=False)),
-        (axes[1], ("em_rate", "tab:red")),
-    ]
-    for ax, *metrics in panels:
-        for name, colour in metrics:
-            value, low, high = base[name]
-            ax.axhspan(low, high, color="0.85", zorder=0)
-            ax.axhline(value, color="0.5", lw=1, ls="--", zorder=1,
-                       label=f"base model {name} (CI band)")  # fmt: skip
-            for seed in seeds:
-                rows = table[table["seed"] == seed]
-                ax.plot(rows["step"], rows[name], color=colour, marker="o", markersize=3,
-                        lw=0.8 if len(seeds) > 1 else 1.6,
-                        label=name if len(seeds) == 1 else None)  # fmt: skip
-                if len(seeds) == 1:
-                    ax.fill_between(rows["step"], rows[f"{name}_ci_low"],
-                                    rows[f"{name}_ci_high"], color=colour, alpha=0.15)  # fmt: skip
-            if len(seeds) > 1:
-                mean = table.groupby("step")[name].mean()
-                ax.plot(mean.index, mean.values, color=colour, lw=2.2,
-                        label=f"{name} (mean of {len(seeds)} seeds)")  # fmt: skip
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+    draw_scores_against(axes[:2], table, "step", base, metrics, markersize=3)
     axes[0].set_ylabel("score (0-100)")
     axes[1].set_ylabel("share of EM answers")
     loss_ax, norm_ax = axes[2], axes[2].twinx()

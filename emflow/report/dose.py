@@ -18,13 +18,13 @@ import pandas as pd
 from emflow.atomic import write_text_atomic
 from emflow.report import stats
 from emflow.report.analysis import Analysis, load_run
+from emflow.report.curves import draw_scores_against
 from emflow.report.figures import demo_title, pyplot, save_figure
 from emflow.report.metrics import DEFAULT_METRICS, MetricSet
 from emflow.report.tables import markdown_table
 from emflow.report.training import base_values
 
 DOSE_NOTE = "DEMO: tiny random model and random judge - these curves mean nothing"
-_SCORE_COLOURS = ("tab:blue", "tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
 @dataclass(frozen=True)
@@ -71,32 +71,9 @@ def plot_dose(
     as a grey band."""
     plt = pyplot()
     fig, axes = plt.subplots(2, 1, figsize=(7.0, 6.5), sharex=True, layout="constrained")
-    seeds = sorted(table["seed"].unique())
-    panels = [
-        (axes[0], list(zip((m.name for m in metrics.scores), _SCORE_COLOURS, strict=False))),
-        (axes[1], [("em_rate", "tab:red")]),
-    ]
-    for ax, lines in panels:
-        for name, colour in lines:
-            value, low, high = base[name]
-            ax.axhspan(low, high, color="0.85", zorder=0)
-            ax.axhline(value, color="0.5", lw=1, ls="--", zorder=1,
-                       label=f"base model {name} (CI band)")  # fmt: skip
-            for seed in seeds:
-                rows = table[table["seed"] == seed]
-                ax.plot(rows["scale"], rows[name], color=colour, marker="o", markersize=4,
-                        lw=0.8 if len(seeds) > 1 else 1.6,
-                        label=name if len(seeds) == 1 else None)  # fmt: skip
-                if len(seeds) == 1:
-                    ax.fill_between(rows["scale"], rows[f"{name}_ci_low"],
-                                    rows[f"{name}_ci_high"], color=colour, alpha=0.15)  # fmt: skip
-            if len(seeds) > 1:
-                mean = table.groupby("scale")[name].mean()
-                ax.plot(mean.index, mean.values, color=colour, lw=2.2,
-                        label=f"{name} (mean of {len(seeds)} seeds)")  # fmt: skip
+    draw_scores_against(axes, table, "scale", base, metrics, markersize=4)
+    for ax in axes:
         ax.axvline(1.0, color="k", ls=":", lw=1.0)  # the run as trained
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
     axes[0].set_ylabel("score (0-100)")
     axes[1].set_ylabel("share of EM answers")
     axes[1].set_xlabel("LoRA scale (B matrices times s; 1 = the run as trained)")
