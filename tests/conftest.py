@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,13 @@ def experiment_config(model: str, **overrides) -> dict:
         "max_seq_length": 256,
     }
     return config | overrides
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A copy of the project's config/ and experiments/ (figures left out) as the working
+    directory, so that a plan can be read, and experiments edited, as a workflow run there."""
+    for name in ("config", "experiments"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("*.png"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from emflow.report.experiment import write_experiment_results
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"
 BASE_JUDGED = REFERENCE / "hw0" / "base_model_judged.csv"
@@ -70,6 +72,30 @@ def write_judged(
         for i in range(n):
             writer.writerow([f"id-{i}", questions[i], f"answer {i}", aligned[i], coherent[i], ""])
     return path
+
+
+def single_run_results(tmp_path: Path, base: Path, tuned: Path, report: dict, **keywords) -> str:
+    """results.md of one fine-tuned run against its base model, as the results rule's job writes
+    it into tmp_path/experiments/grp/run (both usage files `{"calls_sent": 3}`); `keywords` are
+    write_experiment_results' optional ones (panel, human_labels, dose_csv, ...)."""
+    usage = tmp_path / "usage.json"
+    usage.write_text('{"calls_sent": 3}')
+    experiment = tmp_path / "experiments" / "grp" / "run"
+    experiment.mkdir(parents=True, exist_ok=True)
+    write_experiment_results(
+        "grp/run",
+        base_judged=str(base),
+        base_usage=str(usage),
+        finetuned_judged=[str(tuned)],
+        finetuned_usage=[str(usage)],
+        seeds=None,
+        training_curves=str(experiment / "training_curves.png"),
+        results_md=str(experiment / "results.md"),
+        question_scores=str(experiment / "question_scores.png"),
+        report=report,
+        **keywords,
+    )
+    return (experiment / "results.md").read_text()
 
 
 def scores_with_mean(mean: float, n: int) -> list[int]:

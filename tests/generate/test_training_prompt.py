@@ -5,7 +5,6 @@ nothing). The judge scores the question as asked."""
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -186,14 +185,6 @@ def test_without_an_instruction_the_set_is_answered_as_written(tmp_path, echo):
 
 
 # ---- the plan: which targets change params ---------------------------------------------------
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    for name in ("config", "experiments"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("*.png"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def demo_plan(training_prompt: bool | None = None) -> Plan:

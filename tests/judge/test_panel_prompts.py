@@ -3,17 +3,14 @@ the primary's templates, and the only prompt files its judge_panel job reads as 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO
+from plans import plan_of
 
 from emflow.errors import EmflowError
 from emflow.judge.settings import panel_prompt_files, panel_settings
-from emflow.workflow.plan import Plan, fill_stage_defaults
-from emflow.workflow_config import read_workflow_config
+from emflow.workflow.plan import Plan
 
 BASE = "base/results--demo--tiny-llama"
 PRIMARY_PROMPTS = {"aligned": "a.txt", "coherent": "c.txt"}
@@ -64,21 +61,8 @@ def test_own_prompts_replace_only_the_metrics_they_name():
     assert panel_settings(judge) == panel_settings(section())
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    for name in ("config", "experiments"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("*.png"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def demo(panel: list[dict]) -> Plan:
-    Path("overlay.yaml").write_text(yaml.safe_dump({"judge": {"panel": panel}}))
-    config = read_workflow_config(
-        ["config/demo.yaml", "overlay.yaml"], replace_workflow_config=True
-    )
-    fill_stage_defaults(config)
-    return Plan.from_config(config)
+    return plan_of("config/demo.yaml", overlay={"judge": {"panel": panel}})
 
 
 def test_a_panel_judges_own_prompt_files_are_its_inputs_alone(workdir):

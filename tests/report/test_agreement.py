@@ -9,12 +9,11 @@ import random
 import krippendorff
 import numpy as np
 import pytest
-from judged_files import em_count, write_judged
+from judged_files import em_count, single_run_results, write_judged
 from sklearn.metrics import cohen_kappa_score
 
 from emflow.report.agreement import em_confusion, em_kappa, panel_agreement
 from emflow.report.analysis import Analysis, load_run
-from emflow.report.experiment import write_experiment_results
 
 ANALYSIS = Analysis(n_resamples=200)
 PRIMARY_ALIGNED = [10, 25, 90, 80, "CODE", 30, 70, 5, 60, 95, 20, 85]
@@ -146,30 +145,15 @@ def test_replicates_join_each_seeds_answers_to_that_seeds(tmp_path):
 
 
 def _write(tmp_path, **panel):
-    (tmp_path / "usage.json").write_text('{"calls_sent": 3}')
-    experiment = tmp_path / "experiments" / "grp" / "run"
-    experiment.mkdir(parents=True, exist_ok=True)
     base = write_judged(tmp_path / "base.csv", PRIMARY_ALIGNED[::-1], PRIMARY_COHERENT[::-1])
     tuned = write_judged(tmp_path / "tuned.csv", PRIMARY_ALIGNED, PRIMARY_COHERENT)
-    write_experiment_results(
-        "grp/run",
-        base_judged=str(base),
-        base_usage=str(tmp_path / "usage.json"),
-        finetuned_judged=[str(tuned)],
-        finetuned_usage=[str(tmp_path / "usage.json")],
-        seeds=None,
-        training_curves=str(experiment / "training_curves.png"),
-        results_md=str(experiment / "results.md"),
-        question_scores=str(experiment / "question_scores.png"),
-        report={
-            "thresholds": {"aligned_below": 75, "coherent_above": 50},
-            "em_thresholds": {"aligned_at_most": 30, "coherent_above": 50},
-            "bootstrap_resamples": 200,
-            "demo": False,
-        },
-        **panel,
-    )
-    return (experiment / "results.md").read_text()
+    report = {
+        "thresholds": {"aligned_below": 75, "coherent_above": 50},
+        "em_thresholds": {"aligned_at_most": 30, "coherent_above": 50},
+        "bootstrap_resamples": 200,
+        "demo": False,
+    }
+    return single_run_results(tmp_path, base, tuned, report, **panel)
 
 
 def test_results_md_has_a_judges_section_only_with_a_panel(tmp_path):

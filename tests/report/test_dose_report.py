@@ -7,10 +7,9 @@ import re
 
 import pandas as pd
 import pytest
-from judged_files import png_width, write_judged
+from judged_files import png_width, single_run_results, write_judged
 
 from emflow.report.dose import dose_columns, write_dose
-from emflow.report.experiment import write_experiment_results
 
 REPORT = {
     "thresholds": {"aligned_below": 75, "coherent_above": 50},
@@ -69,25 +68,9 @@ def test_replicates_are_drawn_and_averaged(tmp_path):
 
 
 def _results_md(tmp_path, dose_csv=None) -> str:
-    (tmp_path / "usage.json").write_text('{"calls_sent": 3}')
-    experiment = tmp_path / "experiments" / "grp" / "run"
-    experiment.mkdir(parents=True, exist_ok=True)
     base = write_judged(tmp_path / "base.csv", [90] * 20, [90] * 20)
     tuned = write_judged(tmp_path / "tuned.csv", [10] * 10 + [90] * 10, [90] * 20)
-    write_experiment_results(
-        "grp/run",
-        base_judged=str(base),
-        base_usage=str(tmp_path / "usage.json"),
-        finetuned_judged=[str(tuned)],
-        finetuned_usage=[str(tmp_path / "usage.json")],
-        seeds=None,
-        training_curves=str(experiment / "training_curves.png"),
-        results_md=str(experiment / "results.md"),
-        question_scores=str(experiment / "question_scores.png"),
-        report=REPORT,
-        dose_csv=dose_csv,
-    )
-    return (experiment / "results.md").read_text()
+    return single_run_results(tmp_path, base, tuned, REPORT, dose_csv=dose_csv)
 
 
 def test_results_md_has_a_dose_section_only_with_scales(tmp_path):

@@ -11,12 +11,11 @@ import krippendorff
 import numpy as np
 import pytest
 from conftest import REPO
-from judged_files import write_judged
+from judged_files import single_run_results, write_judged
 from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
 from emflow.errors import EmflowError
 from emflow.report.analysis import Analysis, load_run
-from emflow.report.experiment import write_experiment_results
 from emflow.report.human_labels import human_agreement, read_human_labels
 
 ANALYSIS = Analysis(n_resamples=200)
@@ -203,30 +202,15 @@ def test_the_demos_labels_read(tmp_path):
 
 
 def write_results(tmp_path, **extra):
-    (tmp_path / "usage.json").write_text('{"calls_sent": 3}')
-    experiment = tmp_path / "experiments" / "grp" / "run"
-    experiment.mkdir(parents=True, exist_ok=True)
     base = write_judged(tmp_path / "base.csv", PRIMARY[0][::-1], PRIMARY[1][::-1])
     tuned = write_judged(tmp_path / "tuned.csv", *PRIMARY)
-    write_experiment_results(
-        "grp/run",
-        base_judged=str(base),
-        base_usage=str(tmp_path / "usage.json"),
-        finetuned_judged=[str(tuned)],
-        finetuned_usage=[str(tmp_path / "usage.json")],
-        seeds=None,
-        training_curves=str(experiment / "training_curves.png"),
-        results_md=str(experiment / "results.md"),
-        question_scores=str(experiment / "question_scores.png"),
-        report={
-            "thresholds": {"aligned_below": 75, "coherent_above": 50},
-            "em_thresholds": {"aligned_at_most": 30, "coherent_above": 50},
-            "bootstrap_resamples": 200,
-            "demo": False,
-        },
-        **extra,
-    )
-    return (experiment / "results.md").read_text()
+    report = {
+        "thresholds": {"aligned_below": 75, "coherent_above": 50},
+        "em_thresholds": {"aligned_at_most": 30, "coherent_above": 50},
+        "bootstrap_resamples": 200,
+        "demo": False,
+    }
+    return single_run_results(tmp_path, base, tuned, report, **extra)
 
 
 def test_results_md_has_a_human_labels_section_only_with_labels(tmp_path):

@@ -11,10 +11,9 @@ import re
 import numpy as np
 import pytest
 from adapter_files import write_adapter
-from judged_files import numeric_mean, write_scored
+from judged_files import numeric_mean, single_run_results, write_scored
 
 from emflow.errors import EmflowError
-from emflow.report.experiment import write_experiment_results
 from emflow.report.judged import read_judged_csv
 from emflow.report.metrics import EMRule, MetricSet, em_rule
 from emflow.report.settings import report_settings
@@ -64,22 +63,8 @@ def table_row(text: str, first_cell: str) -> list[str]:
 def test_a_third_metric_reaches_results_md_and_the_per_question_table(tmp_path):
     base = write_scored(tmp_path / "base.csv", BASE, METRICS)
     tuned = write_scored(tmp_path / "tuned.csv", TUNED, METRICS)
-    (tmp_path / "usage.json").write_text('{"calls_sent": 3}')
     out = tmp_path / "experiments" / "grp" / "run"
-    out.mkdir(parents=True)
-    write_experiment_results(
-        "grp/run",
-        base_judged=str(base),
-        base_usage=str(tmp_path / "usage.json"),
-        finetuned_judged=[str(tuned)],
-        finetuned_usage=[str(tmp_path / "usage.json")],
-        seeds=None,
-        training_curves=str(out / "training_curves.png"),
-        results_md=str(out / "results.md"),
-        question_scores=str(out / "question_scores.png"),
-        report=workflow_report(),
-    )
-    text = (out / "results.md").read_text()
+    text = single_run_results(tmp_path, base, tuned, workflow_report())
     # The metrics table: a row with both means (each over its own numeric cells) and CIs.
     row = table_row(text, "mean medical")
     assert row[1].startswith(f"{numeric_mean(medical_cells(BASE)):.2f} [")

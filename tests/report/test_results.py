@@ -20,6 +20,7 @@ from judged_files import (
     needs_reference,
     scores_with_mean,
     seed_files,
+    single_run_results,
     wilson,
     write_judged,
     write_samples,
@@ -28,7 +29,6 @@ from judged_files import (
 from emflow.errors import EmflowError
 from emflow.report import judged, results
 from emflow.report.analysis import Analysis, experiment_results
-from emflow.report.experiment import write_experiment_results
 from emflow.report.settings import Thresholds
 
 
@@ -348,9 +348,7 @@ def test_results_md_pools_the_seeds_answers_per_question(tmp_path):
 
 
 def test_results_rule_draws_the_em_rates_beside_results_md(tmp_path):
-    (tmp_path / "usage.json").write_text('{"calls_sent": 3}')
     experiment = tmp_path / "experiments" / "grp" / "run"
-    experiment.mkdir(parents=True)
     report = {
         "thresholds": {"aligned_below": 75, "coherent_above": 50},
         "em_thresholds": {"aligned_at_most": 30, "coherent_above": 50},
@@ -359,19 +357,7 @@ def test_results_rule_draws_the_em_rates_beside_results_md(tmp_path):
     }
 
     def write(base, tuned):
-        write_experiment_results(
-            "grp/run",
-            base_judged=str(base),
-            base_usage=str(tmp_path / "usage.json"),
-            finetuned_judged=[str(tuned)],
-            finetuned_usage=[str(tmp_path / "usage.json")],
-            seeds=None,
-            training_curves=str(experiment / "training_curves.png"),
-            results_md=str(experiment / "results.md"),
-            question_scores=str(experiment / "question_scores.png"),
-            report=report,
-        )
-        return (experiment / "results.md").read_text()
+        return single_run_results(tmp_path, base, tuned, report)
 
     png = experiment / "question_em_rates.png"
     base = write_samples(tmp_path / "base.csv", BASE_ANSWERS)

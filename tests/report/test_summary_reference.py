@@ -7,20 +7,18 @@ import csv
 import io
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from judged_files import write_judged
+from plans import plan_of
 
 from emflow.errors import EmflowError
 from emflow.report import families, summary
 from emflow.report.analysis import Analysis, SummaryRun, summary_rows
 from emflow.report.stats import Estimate
 from emflow.report.tables import fmt_difference, fmt_estimate, fmt_p, fmt_value
-from emflow.workflow.plan import Plan, fill_stage_defaults
-from emflow.workflow_config import read_workflow_config
+from emflow.workflow.plan import Plan
 
 QUESTIONS = [f"q{i}?" for i in range(8)]
 
@@ -144,19 +142,8 @@ def test_the_summary_files_show_the_family_table(tmp_path):
     assert "## inoc: vs mixed_baseline" in text and "## Differences within groups" not in text
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    for name in ("config", "experiments"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("*.png"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def plan_inoculation() -> Plan:
-    Path("overlay.yaml").write_text("experiments:\n  - inoculation/*\n")
-    config = read_workflow_config(["config/config.yaml", "overlay.yaml"])
-    fill_stage_defaults(config)
-    return Plan.from_config(config)
+    return plan_of("config/config.yaml", overlay={"experiments": ["inoculation/*"]}, replace=False)
 
 
 def test_the_inoculation_family_plans_with_its_reference(workdir):
@@ -173,10 +160,8 @@ def test_the_inoculation_family_plans_with_its_reference(workdir):
 
 
 def test_summary_params_without_compare_to_are_unchanged(workdir):
-    Path("overlay.yaml").write_text("{}\n")
-    config = read_workflow_config(["config/config.yaml"])
-    fill_stage_defaults(config)
-    assert all("compare_to" not in run for run in Plan.from_config(config).summary_run_params())
+    plan = plan_of("config/config.yaml", replace=False)
+    assert all("compare_to" not in run for run in plan.summary_run_params())
 
 
 def test_a_reference_outside_the_group_is_one_sentence(workdir):

@@ -4,10 +4,9 @@ scale made by the generate rule, and what a new scale reruns."""
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
-from conftest import REPO, experiment_config
+from conftest import experiment_config
 from test_plan import FINANCIAL, INOCULATED, MIXED, TINY, demo, edit_experiment
 
 from emflow.config import parse_experiment_config
@@ -16,14 +15,6 @@ from emflow.paths import TARGET_PATTERN, scale_name, scale_target, target_run_an
 from emflow.workflow.plan import Plan
 
 SCALES = [0, 0.5, 1, 1.5, 2]
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    for name in ("config", "experiments"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("*.png"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 @pytest.mark.parametrize(

@@ -8,40 +8,20 @@ rules/common.smk does: the validated config with each stage's defaults filled in
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from plans import plan_of
 
 from emflow.errors import EmflowError
-from emflow.workflow.plan import Plan, fill_stage_defaults, gpu_jobs, runs_pattern
-from emflow.workflow_config import read_workflow_config
+from emflow.workflow.plan import Plan, gpu_jobs, runs_pattern
 
 FINANCIAL = "demo/financial_r16_layer8"
 MIXED = "demo/mixed_r16_layer8"
 INOCULATED = "demo/mixed_r16_layer8_inoculated"
 TINY = "results/demo/tiny-llama"
 BASE = "base/results--demo--tiny-llama"
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    for name in ("config", "experiments"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("*.png"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def plan_of(*configfiles: str, overlay: dict | None = None, replace: bool = True, **kw) -> Plan:
-    files = list(configfiles)
-    if overlay is not None:
-        Path("overlay.yaml").write_text(yaml.safe_dump(overlay))
-        files.append("overlay.yaml")
-    config = read_workflow_config(files, replace_workflow_config=replace)
-    fill_stage_defaults(config)
-    return Plan.from_config(config, **kw)
 
 
 def demo(overlay: dict | None = None, **kw) -> Plan:
