@@ -158,8 +158,3 @@ def stopped_early(
             if later > step:
                 step_adapters.save(model, later)
     return entry
-
-
-def early_stop_entry(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The entry of a log history that says the run stopped early, or None."""
-    return next((e for e in history if "early_stop" in e), None)
