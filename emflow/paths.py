@@ -141,6 +141,10 @@ class Layout:
     def question_em_rates(self, experiment: str) -> str:
         return self.experiment_file(experiment, QUESTION_EM_RATES)
 
+    def answers(self, experiment: str) -> str:
+        """The answer page: every answer of the experiment with its judges' scores."""
+        return self.experiment_file(experiment, "answers.html")
+
     def training_curves(self, experiment: str) -> str:
         return self.experiment_file(experiment, "training_curves.png")
 
@@ -220,7 +224,8 @@ class Layout:
     # -- the summary over all experiments --------------------------------------------------
 
     def summary(self, suffix: str) -> str:
-        """`summary.md`, `summary.csv`, `summary.png` or `summary_training_curves.png`."""
+        """`summary.md`, `summary.csv`, `summary.png`, `summary_training_curves.png`, or
+        `summary_answers.html` (the answer page over every experiment)."""
         return f"{self.results}/summary{suffix}"
 
     # -- logs and benchmarks ---------------------------------------------------------------

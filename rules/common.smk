@@ -10,6 +10,11 @@ from emflow.paths import (
     TARGET_PATTERN,
     base_target,
 )
+from emflow.workflow.answer_targets import (
+    answer_inputs,
+    answer_targets,
+    summary_answer_targets,
+)
 from emflow.workflow.jobs import export_package_path, sorted_params
 from emflow.workflow.plan import Plan, fill_stage_defaults, gpu_jobs, runs_pattern
 from emflow.workflow_config import config_source, validate_workflow_config
@@ -137,6 +142,14 @@ def get_sweep_inputs(wildcards):
 
 def get_summary_inputs(wildcards):
     return PLAN.summary_inputs()
+
+
+def get_answer_targets(wildcards):
+    return answer_targets(PLAN, wildcards.experiment)
+
+
+def get_answers_inputs(wildcards):
+    return answer_inputs(answer_targets(PLAN, wildcards.experiment))
 
 
 # The Snakemake report (`snakemake --report`) files each experiment's outputs under its group.

@@ -109,11 +109,60 @@ rule results:
         **PANEL_PARAMS,
         report=sorted_params(PLAN.report),
         seeds=lambda wildcards: PLAN.experiments[wildcards.experiment].seeds,
+        answers_page=lambda wildcards: PATHS.answers(wildcards.experiment),
         training_system_prompt=lambda wildcards: PLAN.experiments[
             wildcards.experiment
         ].training_prompt_text,
     script:
         "../scripts/results.py"
+
+
+# An experiment's answer page: every answer (base model, runs, sweep steps, LoRA scales) with each
+# judge's scores and EM label, filterable, in one offline HTML file (emflow.report.answers).
+rule answers:
+    input:
+        get_answers_inputs,
+    output:
+        page=report(
+            PATHS.answers("{experiment}"),
+            caption="../config/report/answers.rst",
+            category="Experiments",
+            subcategory=group_of,
+            labels=experiment_labels("answers"),
+        ),
+    log:
+        PATHS.log("answers", "{experiment}"),
+    conda:
+        "../envs/report.yaml"
+    params:
+        report=sorted_params(PLAN.report),
+        targets=get_answer_targets,
+        title=lambda wildcards: wildcards.experiment,
+    script:
+        "../scripts/answers.py"
+
+
+# The answer page over every experiment (each base model once).
+rule summary_answers:
+    input:
+        answer_inputs(summary_answer_targets(PLAN)),
+    output:
+        page=report(
+            PATHS.summary("_answers.html"),
+            caption="../config/report/summary_answers.rst",
+            category="Summary",
+            labels={"shows": "every answer"},
+        ),
+    log:
+        PATHS.log("summary_answers"),
+    conda:
+        "../envs/report.yaml"
+    params:
+        report=sorted_params(PLAN.report),
+        targets=summary_answer_targets(PLAN),
+        title="all experiments",
+    script:
+        "../scripts/answers.py"
 
 
 # Every sweep's EM rate against the step, overlaid (only when some experiment has a sweep).
@@ -193,5 +242,6 @@ rule summary:
         report=sorted_params(PLAN.report),
         runs=PLAN.summary_run_params(),
         reported=PLAN.reported_results(),
+        answers_page=PATHS.summary("_answers.html"),
     script:
         "../scripts/summary.py"

@@ -23,6 +23,7 @@ def main():
         question_em_rates=snakemake.output.get("question_em_rates"),
         panel=snakemake.params.get("panel"),
         human_labels=snakemake.input.get("human_labels"),
+        answers_page=snakemake.params.answers_page,
     )
 
 

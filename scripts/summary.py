@@ -16,6 +16,7 @@ def main():
         curves=snakemake.output.curves,
         panel=snakemake.params.get("panel"),
         judges_plot=snakemake.output.get("judges"),
+        answers_page=snakemake.params.answers_page,
     )
 
 

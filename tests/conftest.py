@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# The headless-Chromium fixture (tests/browser.py), for every test that opens a page.
+from browser import chromium  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 
 

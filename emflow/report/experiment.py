@@ -98,6 +98,7 @@ def write_experiment_results(
     panel: Mapping[str, Mapping[str, Any]] | None = None,
     human_labels: str | None = None,
     log_histories: Sequence[str] = (),
+    answers_page: str | None = None,
 ) -> None:
     """The `results` rule: an experiment's results.md and per-question plots, beside its config.
 
@@ -112,7 +113,8 @@ def write_experiment_results(
     ("base_usage", "finetuned_usage") "Judge usage" shows what each judge cost.
     `human_labels` (emflow.report.human_labels), where given, adds each judge's agreement with
     people's labels ("Human labels"). `dose_csv`, the `dose` rule's table, adds the adapter
-    dose-response section (emflow.report.dose).
+    dose-response section (emflow.report.dose). `answers_page`, the experiment's answer page
+    (rule answers), is linked under the metrics.
     """
     analysis = Analysis.from_report_config(report)
     if seeds is None:
@@ -171,6 +173,7 @@ def write_experiment_results(
         usage=usage,
         demo=report["demo"],
         plots=[(text, os.path.relpath(path, here)) for text, path in plots],
+        answers=os.path.relpath(answers_page, here) if answers_page else None,
         training_system_prompt=training_system_prompt,
         early_stop=early_stop_line(
             {

@@ -10,6 +10,7 @@ and the judge's usage. The numbers are `emflow.report.analysis.experiment_result
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,6 +53,7 @@ def results_markdown(
     usage: Mapping[str, Any] | PanelUsage | None = None,
     demo: bool = False,
     plots: Sequence[tuple[str, str]] = (),
+    answers: str | None = None,
     training_system_prompt: str | None = None,
     sweep: str = "",
     judges: PanelAgreement | None = None,
@@ -61,7 +63,9 @@ def results_markdown(
 ) -> str:
     """A run's results.md: the seed's two blocks, the verdict, metrics with CIs, judge usage.
 
-    `plots` lists (description, path relative to results.md) of images to link;
+    `plots` lists (description, path relative to results.md) of images to link; `answers` is
+    the answer page's path relative to results.md (emflow.report.answers), linked under the
+    metrics;
     `training_system_prompt` is the experiment's inoculation prompt, if any; `sweep` the
     checkpoint sweep's section (emflow.sweeps.sweep_markdown), if any; `judges` a judge panel's
     metrics and agreement (its section only where there is a panel); `human` each judge's
@@ -97,6 +101,11 @@ def results_markdown(
     if demo:
         parts.append(f"> {DEMO_NOTICE}")
     parts.append(_metrics_section(results, title))
+    if answers:
+        parts.append(
+            f"Every answer behind these numbers, with each judge's scores, to filter, search and "
+            f"compare with the base model's: [{os.path.basename(answers)}]({answers})."
+        )
     if results.seed_comparisons is not None:
         parts.append(_seeds_section(results))
     if results.question_em is not None:

@@ -138,11 +138,13 @@ def summary_markdown(
     question_em: SummaryQuestionEM | None = None,
     judges: SummaryJudges | None = None,
     references: Mapping[str, str] | None = None,
+    answers: str | None = None,
 ) -> str:
-    """The summary table, then with a judge panel (`judges`) each judge's EM rate, the spread
-    across seeds, the differences within groups and, with `question_em`, each question's EM rate
-    in every row. A group in `references` ({group: its reference's full name}, from
-    `compare_to`) gets its own table of every member against the reference instead.
+    """The summary table (linking `answers`, the answer page's path relative to summary.md),
+    then with a judge panel (`judges`) each judge's EM rate, the spread across seeds, the
+    differences within groups and, with `question_em`, each question's EM rate in every row. A
+    group in `references` ({group: its reference's full name}, from `compare_to`) gets its own
+    table of every member against the reference instead.
 
     Each table has one legend line; the methods in full are in each experiment's results.md.
     """
@@ -193,6 +195,11 @@ def summary_markdown(
         f"CIs, tests and thresholds in full: each experiment's results.md ({analysis.n_resamples} "
         "bootstrap resamples); raw and adjusted p-values: summary.csv.",
     ]
+    if answers:
+        lines += [
+            "",
+            f"Every answer of every experiment, with each judge's scores: [{answers}]({answers}).",
+        ]
     if judges is not None:
         lines += ["", *judges_lines(rows, judges, analysis)]
     replicated = [row for row in rows if row.replicated]
@@ -393,6 +400,7 @@ def write_summary(
     curves: str | os.PathLike,
     panel: SummaryPanel | None = None,
     judges_plot: str | os.PathLike | None = None,
+    answers_page: str | os.PathLike | None = None,
 ) -> list[SummaryRow]:
     """The summary table (Markdown, CSV), scatter plot and overlaid training curves.
 
@@ -400,7 +408,7 @@ def write_summary(
     reported_results.md. Runs without a log history on disk (trained elsewhere) are left out of
     the curves only. `panel` maps an experiment to its panel judges' files (Plan.panel_results):
     then each judge's EM rate joins the Markdown and CSV, and `judges_plot` gets the
-    judge-vs-judge scores.
+    judge-vs-judge scores. `answers_page` (rule summary_answers) is linked from the Markdown.
     """
     analysis = Analysis.from_report_config(report)
     demo = report["demo"]
@@ -415,6 +423,7 @@ def write_summary(
         question_em=question_em,
         judges=judges,
         references=group_references(runs),
+        answers=os.path.relpath(answers_page, os.path.dirname(markdown)) if answers_page else None,
     )
     write_text_atomic(markdown, text)
     write_text_atomic(csv_path, summary_csv(rows, question_em, analysis, judges))

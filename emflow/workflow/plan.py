@@ -497,10 +497,11 @@ class Plan:
         paths = self.paths
         return (
             [paths.results_md(e) for e in self.experiments]
+            + [paths.answers(e) for e in self.experiments]
             + [paths.training_curves(e) for e in self.experiments]
             + [paths.sweep(e) for e in self.sweeps]
             + [paths.dose(e) for e in self.doses]
-            + [paths.summary(suffix) for suffix in (".md", ".csv", ".png")]
+            + [paths.summary(suffix) for suffix in (".md", ".csv", ".png", "_answers.html")]
             + ([paths.summary("_sweeps.png")] if self.sweeps else [])
             + ([paths.summary("_judges.png")] if self.panel else [])
         )
