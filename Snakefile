@@ -11,6 +11,7 @@ include: "rules/datasets.smk"
 include: "rules/train.smk"
 include: "rules/generate.smk"
 include: "rules/judge.smk"
+include: "rules/capabilities.smk"
 include: "rules/results.smk"
 
 

@@ -8,9 +8,13 @@ primary judge on every target and a panel judge on every fifth. The page is buil
 workflow's own function (emflow.report.answers.write_answer_page), then opened from disk in
 Debian's Chromium (Playwright, no browser download) and timed from navigation start:
 
-- first rows: the first page of rows is on screen (the page's `data-ready`);
+- script start: the page's script runs (the browser has read everything before it);
+- ready: the first page of rows is drawn with its scores (`data-ready`), then on screen (the
+  next frame); with the "json" encoding the answers' text is still arriving: cells say "loading";
+- complete: all the answers' text is in (`data-complete`);
 - each interaction (EM-only filter, a text search, sort by a score, a score range, judges
-  disagreeing): from setting the address's filter state to the re-rendered rows.
+  disagreeing), measured after complete: from setting the address's filter state to the
+  re-rendered rows.
 
 Baseline: the same answers as one static `<table>` (pandas' `to_html`, what one gets without a
 viewer), timed to its load event; the ratio printed is baseline / answer page.
@@ -137,6 +141,7 @@ INTERACTIONS = {
 }
 
 
+LOADING = "  ...with answer text still loading then"
 # In the page: set the address's filter state, wait for the re-render and the next frame.
 INTERACT = """async (state) => {
   const root = document.documentElement;
@@ -145,26 +150,41 @@ INTERACT = """async (state) => {
   location.hash = state;
   while (root.dataset.renders === before) await new Promise((r) => setTimeout(r, 0));
   await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)));
-  return performance.now() - start;
+  return [performance.now() - start, performance.now(), root.dataset.complete === "1"];
 }"""
 
 
 def time_page(browser, url: str) -> dict[str, float]:
-    """Milliseconds from navigation start to the first rows on screen, then per interaction."""
+    """Milliseconds from navigation start to the page's script, its first rows (drawn, then on
+    screen) and all its answers' text; then, once complete, per interaction."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(url, wait_until="commit", timeout=600_000)
-    page.wait_for_function("document.documentElement.dataset.paintedAt", timeout=600_000)
+    page.wait_for_function(
+        "document.documentElement.dataset.complete && document.documentElement.dataset.paintedAt",
+        timeout=600_000,
+    )
     marks = page.evaluate(
         "() => Object.fromEntries(performance.getEntriesByType('mark')"
         ".map((m) => [m.name.replace('answers:', ''), m.startTime]))"
     )
-    times = {f"{name} at": float(at) for name, at in marks.items()}
+    root = "document.documentElement.dataset."
+    times = {"script start": float(marks["script"])}
+    times |= {f"{name} at": float(marks[name]) for name in ["inflated", "parsed"] if name in marks}
     times |= {
-        "parsed and rendered": float(page.evaluate("document.documentElement.dataset.readyAt")),
-        "first rows on screen": float(page.evaluate("document.documentElement.dataset.paintedAt")),
+        "ready (parsed and rendered)": float(page.evaluate(root + "readyAt")),
+        "first rows on screen": float(page.evaluate(root + "paintedAt")),
+        "complete (all answer text in)": float(page.evaluate(root + "completeAt")),
     }
     for name, state in INTERACTIONS.items():
-        times[name] = page.evaluate(INTERACT, state)
+        times[name] = page.evaluate(INTERACT, state)[0]
+    page.close()
+    # The issue's goal: a filter applied as soon as the first rows are there, text loading or not.
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(url, wait_until="commit", timeout=600_000)
+    page.wait_for_function("document.documentElement.dataset.ready", polling="raf")
+    _, at, loaded = page.evaluate(INTERACT, INTERACTIONS["EM only"])
+    times["EM only, applied at first rows: done at"] = at
+    times[LOADING] = 0.0 if loaded else 1.0
     page.close()
     return times
 
@@ -214,8 +234,11 @@ def main() -> None:
         for encoding, page in pages.items():
             runs = [time_page(browser, page.as_uri()) for _ in range(args.runs)]
             for name in runs[0]:
-                median = statistics.median(r[name] for r in runs)
-                print(f"  answer page ({encoding}), {name}: {median:.0f} ms", flush=True)
+                if name == LOADING:
+                    shown = f"{sum(r[name] for r in runs):.0f} of {len(runs)} loads"
+                else:
+                    shown = f"{statistics.median(r[name] for r in runs):.0f} ms"
+                print(f"  answer page ({encoding}), {name}: {shown}", flush=True)
             first[encoding] = statistics.median(r["first rows on screen"] for r in runs)
         table = time_baseline(browser, baseline.as_uri(), args.baseline_timeout)
         browser.close()

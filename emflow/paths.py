@@ -199,6 +199,10 @@ class Layout:
     def judge_usage(self, target: str) -> str:
         return f"{self.results}/{target}/judge_usage.json"
 
+    def capabilities(self, target: str) -> str:
+        """lm-evaluation-harness's results JSON of a target (the capabilities stage)."""
+        return f"{self.results}/{target}/capabilities.json"
+
     def panel_judged(self, target: str, name: str) -> str:
         """What panel judge `name` (judge.panel) scored, beside the primary's judged.csv."""
         return f"{self.results}/{target}/judged.{name}.csv"

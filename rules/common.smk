@@ -1,6 +1,7 @@
 import sys
 from pathlib import Path
 
+from emflow.capabilities.settings import capability_settings
 from emflow.errors import EmflowError
 from emflow.judge.settings import panel_settings
 from emflow.paths import (
@@ -15,6 +16,7 @@ from emflow.workflow.answer_targets import (
     answer_targets,
     summary_answer_targets,
 )
+from emflow.workflow.capability_plan import capability_inputs, capability_params
 from emflow.workflow.jobs import export_package_path, sorted_params
 from emflow.workflow.plan import Plan, fill_stage_defaults, gpu_jobs, runs_pattern
 from emflow.workflow_config import config_source, validate_workflow_config
@@ -30,6 +32,13 @@ CONFIG_SOURCE = config_source(
 try:
     validate_workflow_config(config, CONFIG_SOURCE)
     panel_settings(config["judge"], CONFIG_SOURCE, check_files=True)
+    # lm-evaluation-harness's task names are looked up once, by the process that plans the jobs
+    # (building its task index takes seconds; each job re-reads this file).
+    capability_settings(
+        config.get("capabilities"),
+        source=CONFIG_SOURCE,
+        check_tasks=workflow.is_main_process,
+    )
 except EmflowError as err:
     sys.exit(f"emflow: {err}")
 # Each stage's settings dataclass holds its defaults (the schema only checks types and ranges).
@@ -142,6 +151,14 @@ def get_sweep_inputs(wildcards):
 
 def get_summary_inputs(wildcards):
     return PLAN.summary_inputs()
+
+
+def get_capability_inputs(wildcards):
+    return capability_inputs(PLAN, wildcards.target)
+
+
+def capability_params_of(wildcards):
+    return capability_params(PLAN, config["capabilities"], wildcards.target)
 
 
 def get_answer_targets(wildcards):

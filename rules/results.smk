@@ -202,6 +202,22 @@ SUMMARY_JUDGES_OUTPUT = (
     else {}
 )
 SUMMARY_PANEL_PARAMS = {"panel": PLAN.summary_panel()} if PLAN.panel else {}
+# capabilities: each task's change in the summary, and EM rate against it (only with the stage).
+SUMMARY_CAPABILITIES_OUTPUT = (
+    {
+        "capabilities": report(
+            PATHS.summary("_capabilities.png"),
+            caption="../config/report/summary_capabilities.rst",
+            category="Summary",
+            labels={"shows": "EM rate vs capability change"},
+        )
+    }
+    if PLAN.capabilities
+    else {}
+)
+SUMMARY_CAPABILITIES_PARAMS = (
+    {"capabilities": PLAN.summary_capabilities()} if PLAN.capabilities else {}
+)
 
 
 rule summary:
@@ -209,6 +225,7 @@ rule summary:
         unpack(get_summary_inputs),
     output:
         **SUMMARY_JUDGES_OUTPUT,
+        **SUMMARY_CAPABILITIES_OUTPUT,
         markdown=report(
             PATHS.summary(".md"),
             caption="../config/report/summary.rst",
@@ -239,6 +256,7 @@ rule summary:
         "../envs/report.yaml"
     params:
         **SUMMARY_PANEL_PARAMS,
+        **SUMMARY_CAPABILITIES_PARAMS,
         report=sorted_params(PLAN.report),
         runs=PLAN.summary_run_params(),
         reported=PLAN.reported_results(),

@@ -24,6 +24,14 @@ def main():
         panel=snakemake.params.get("panel"),
         human_labels=snakemake.input.get("human_labels"),
         answers_page=snakemake.params.answers_page,
+        capabilities=(
+            {
+                "base": snakemake.input.capabilities_base,
+                "finetuned": list(snakemake.input.capabilities),
+            }
+            if "capabilities_base" in snakemake.input.keys()
+            else None
+        ),
     )
 
 

@@ -17,6 +17,8 @@ def main():
         panel=snakemake.params.get("panel"),
         judges_plot=snakemake.output.get("judges"),
         answers_page=snakemake.params.answers_page,
+        capabilities=snakemake.params.get("capabilities"),
+        capabilities_plot=snakemake.output.get("capabilities"),
     )
 
 

@@ -26,6 +26,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "apt-get install chromium (Debian's package) and pip install playwright==1.65.2"
 
 
@@ -65,12 +66,19 @@ def chromium() -> Iterator:
 
 
 def open_page(
-    browser, url: str, requests: list[str] | None = None, ready: bool = True, bypass_csp=False
+    browser,
+    url: str,
+    requests: list[str] | None = None,
+    ready: bool = True,
+    bypass_csp=False,
+    complete: bool = True,
 ):
     """A new page (in its own context) at `url`; each request's URL is appended to `requests`.
 
-    With `ready`, waits until the page says it has drawn its first rows (`data-ready` on <html>);
-    `bypass_csp` ignores the page's own Content-Security-Policy.
+    With `ready`, waits until the page says it has drawn its first rows (`data-ready` on <html>)
+    and, with `complete` too, until all its data has arrived (`data-complete`: the answer page
+    reads its answers' text after drawing the first rows); `bypass_csp` ignores the page's own
+    Content-Security-Policy.
     """
     context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=bypass_csp)
     page = context.new_page()
@@ -78,11 +86,43 @@ def open_page(
         page.on("request", lambda request: requests.append(request.url))
     page.goto(url)
     if ready:
+        flag = "complete" if complete else "ready"
         page.wait_for_function(
-            "() => document.documentElement.dataset.ready === '1'", timeout=10_000
+            f"() => document.documentElement.dataset.{flag} === '1'", timeout=10_000
         )
     return page
 
 
 def file_url(path: Path) -> str:
     return path.resolve().as_uri()
+
+
+# README's picture of the answer page: the demo's fine-tuned run, its lowest aligned scores first.
+SCREENSHOT = REPO_ROOT / "config/report/answers_page.png"
+SCREENSHOT_VIEW = "#target=runs%2Fdemo%2Ffinancial_r16_layer8&sort=primary.aligned&dir=asc"
+
+
+def screenshot(page_path: Path, output: Path = SCREENSHOT, view: str = SCREENSHOT_VIEW) -> None:
+    """Open `page_path` (an answers.html) at `view` in headless Chromium and save a PNG."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    if executable is None:
+        raise SystemExit(f"no system Chromium: {INSTALL_HINT}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        page = open_page(browser, file_url(page_path) + view)
+        page.screenshot(path=str(output))
+        browser.close()
+
+
+if __name__ == "__main__":
+    # python tests/browser.py screenshot [ANSWERS_HTML]: regenerate README's screenshot from the
+    # demo's page (run the demo first).
+    import sys
+
+    if sys.argv[1:2] != ["screenshot"]:
+        raise SystemExit("usage: python tests/browser.py screenshot [ANSWERS_HTML]")
+    default = REPO_ROOT / "experiments/demo/financial_r16_layer8/answers.html"
+    screenshot(Path(sys.argv[2]) if len(sys.argv) > 2 else default)
+    print(f"wrote {SCREENSHOT}")

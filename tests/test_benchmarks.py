@@ -41,3 +41,11 @@ def test_generate_job_speed_smoke():
     out = run("benchmarks/generate_job_speed.py", "--smoke")
     assert out.startswith("machine: CPU")
     assert " hf: " in out and "fast: " in out and "fast is" in out
+
+
+def test_capability_cost_smoke():
+    out = run("benchmarks/capability_cost.py", "--smoke")
+    assert "machine: CPU" in out
+    for task in ("bench_mmlu", "bench_gsm8k", "bench_truthfulqa_mc2"):
+        assert f"{task}: " in out
+    assert "capability job / generate job:" in out

@@ -13,7 +13,8 @@ def _name(spec: str) -> str:
 
 def test_conda_envs_match_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    pins = {_name(s): s for s in project["dependencies"] + project["optional-dependencies"]["gpu"]}
+    extras = project["optional-dependencies"]
+    pins = {_name(s): s for s in project["dependencies"] + extras["gpu"] + extras["capabilities"]}
     for env_file in sorted((REPO / "envs").glob("*.yaml")):
         env = yaml.safe_load(env_file.read_text())
         pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))

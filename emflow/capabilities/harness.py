@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import version
 from typing import Any
 
 from emflow.atomic import write_text_atomic
-from emflow.capabilities.settings import CapabilitySettings, task_manager
+from emflow.capabilities.settings import CapabilitySettings, capability_settings, task_manager
 from emflow.devices import resolve_device
 from emflow.errors import EmflowError
 from emflow.generate.adapters import AdapterSwitch
@@ -122,6 +123,23 @@ def evaluate_capabilities(
     text = json.dumps(results, indent=2, default=str, ensure_ascii=False) + "\n"
     write_text_atomic(output_json, text)
     return json.loads(text)
+
+
+def evaluate_target(
+    params: Mapping[str, Any],
+    *,
+    adapter: str | None,
+    output_json: str,
+    log: Callable[[str], Any] = print,
+) -> dict:
+    """The capabilities rule: one target from its params (emflow.workflow.capability_plan:
+    model, step, scale, settings); a sweep step's adapter is `step-<N>` inside `adapter`."""
+    settings = capability_settings(params["settings"], source="capabilities", check_tasks=False)
+    if params.get("step") is not None:
+        adapter = os.path.join(adapter, f"step-{params['step']}")
+    return evaluate_capabilities(
+        params["model"], adapter, settings, output_json, scale=params.get("scale"), log=log
+    )
 
 
 def merged_results(runs: list[dict]) -> dict:

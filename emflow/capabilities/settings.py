@@ -142,7 +142,11 @@ def check_task_names(settings: CapabilitySettings, source: str) -> None:
                 f"{source}: capabilities.include_path[{i}] '{folder}' is not a folder "
                 f"(from {Path.cwd()}); give a folder of task YAML files or leave it out."
             )
-    known = task_manager(settings.include_path).all_tasks
+    # The include_path folders alone first: indexing them takes milliseconds, the harness's own
+    # tasks seconds, so a config of emflow's own tasks (the demo's) plans at once.
+    known = _task_manager(_resolved(settings.include_path), include_defaults=False).all_tasks
+    if any(task.name not in known for task in settings.tasks):
+        known = task_manager(settings.include_path).all_tasks
     for i, task in enumerate(settings.tasks):
         if task.name not in known:
             raise EmflowError(
@@ -153,18 +157,22 @@ def check_task_names(settings: CapabilitySettings, source: str) -> None:
 
 
 @functools.cache
-def _task_manager(include_path: tuple[str, ...]):
+def _task_manager(include_path: tuple[str, ...], include_defaults: bool = True):
     try:
         from lm_eval.tasks import TaskManager
     except ModuleNotFoundError:
         raise EmflowError(f"The capabilities stage needs lm-eval; {INSTALL_HINT}.") from None
-    return TaskManager(include_path=list(include_path))
+    return TaskManager(include_path=list(include_path), include_defaults=include_defaults)
+
+
+def _resolved(include_path: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(str(Path(p).resolve()) for p in include_path)
 
 
 def task_manager(include_path: tuple[str, ...]):
     """lm_eval's TaskManager over its own tasks and the `include_path` folders, built once per
     process (indexing the harness's ~15,000 task YAMLs takes seconds)."""
-    return _task_manager(tuple(str(Path(p).resolve()) for p in include_path))
+    return _task_manager(_resolved(include_path))
 
 
 def _tasks(tasks: Any, source: str) -> tuple[CapabilityTask, ...]:

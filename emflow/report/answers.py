@@ -192,7 +192,7 @@ def write_answer_page(
     *,
     title: str,
     output: str,
-    encoding: str = "gzip+base64",
+    encoding: str = "json",
 ) -> None:
     """The `answers` and `summary_answers` rules: the answer page of `targets` (plain dicts, as
     emflow.workflow.answer_targets plans them), written atomically to `output`; `encoding`, how

@@ -280,9 +280,9 @@ def _fmt_change(row: CapabilityRow) -> str:
 
 
 def capabilities_section(rows: Sequence[CapabilityRow], *, demo: bool) -> list[str]:
-    """results.md's "## Capabilities" section, as lines."""
+    """results.md's "### Capabilities" section, as lines."""
     lines = [
-        "## Capabilities",
+        "### Capabilities",
         "",
         "lm-evaluation-harness tasks on the base model and on the fine-tuned adapter: what the "
         "fine-tuning cost (or gained) beside the EM numbers.",
@@ -328,6 +328,13 @@ def capabilities_section(rows: Sequence[CapabilityRow], *, demo: bool) -> list[s
         "by the task's higher_is_better.",
     ]
     return lines
+
+
+def experiment_capability_rows(files: Mapping[str, Any]) -> list[CapabilityRow]:
+    """The rows of one experiment from its capabilities.json files: {"base": path,
+    "finetuned": [path of each run, in seed order]} (emflow.workflow.capability_plan)."""
+    base = read_capability_results(files["base"])
+    return capability_rows(base, [read_capability_results(p) for p in files["finetuned"]])
 
 
 def _column(row: CapabilityRow) -> str:
@@ -464,3 +471,37 @@ def plot_em_vs_capability(
     heading = f"{title}\n(bars: {level}% CIs; left of the dashed line: the metric fell)"
     ax.set_title(demo_title(heading, demo, SCORES_NOTE))
     save_figure(fig, path)
+
+
+def summary_capability_lines(
+    rows_by_experiment: Mapping[str, Sequence[CapabilityRow]],
+) -> list[str]:
+    """summary.md's "## Capabilities" table: each experiment's change on each task (groups and
+    stand-alone tasks), fine-tuned - base with its stderr, and p."""
+    columns = list(
+        dict.fromkeys(
+            (row.task, row.metric_label, row.name)
+            for rows in rows_by_experiment.values()
+            for row in rows
+            if row.depth == 0
+        )
+    )
+    body = []
+    for experiment, rows in rows_by_experiment.items():
+        found = {(r.task, r.metric_label): r for r in rows if r.depth == 0}
+        cells = [experiment]
+        for task, metric, _ in columns:
+            row = found.get((task, metric))
+            cells.append("-" if row is None else f"{_fmt_change(row)} (p {fmt_p(row.p_value)})")
+        body.append(cells)
+    headers = ["experiment", *(f"{name} {metric}" for _, metric, name in columns)]
+    return [
+        "## Capabilities",
+        "",
+        markdown_table(headers, body),
+        "",
+        "Fine-tuned - base on each lm-evaluation-harness task (percentage points for shares), "
+        "± its stderr, the direction by the task's higher_is_better, and a two-sided z-test's p; "
+        "per task in each experiment's results.md, the EM-rate trade-off in "
+        "summary_capabilities.png.",
+    ]

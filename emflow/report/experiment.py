@@ -27,6 +27,7 @@ from emflow.report.analysis import (
     experiment_results,
     load_run,
 )
+from emflow.report.capabilities import capabilities_section, experiment_capability_rows
 from emflow.report.dose import dose_section
 from emflow.report.figures import plot_question_em, plot_question_scores
 from emflow.report.human_labels import human_agreement
@@ -99,6 +100,7 @@ def write_experiment_results(
     human_labels: str | None = None,
     log_histories: Sequence[str] = (),
     answers_page: str | None = None,
+    capabilities: Mapping[str, Any] | None = None,
 ) -> None:
     """The `results` rule: an experiment's results.md and per-question plots, beside its config.
 
@@ -114,7 +116,8 @@ def write_experiment_results(
     `human_labels` (emflow.report.human_labels), where given, adds each judge's agreement with
     people's labels ("Human labels"). `dose_csv`, the `dose` rule's table, adds the adapter
     dose-response section (emflow.report.dose). `answers_page`, the experiment's answer page
-    (rule answers), is linked under the metrics.
+    (rule answers), is linked under the metrics. `capabilities` ({"base": capabilities.json,
+    "finetuned": [each run's]}, the capabilities stage) adds the "Capabilities" section.
     """
     analysis = Analysis.from_report_config(report)
     if seeds is None:
@@ -174,6 +177,11 @@ def write_experiment_results(
         demo=report["demo"],
         plots=[(text, os.path.relpath(path, here)) for text, path in plots],
         answers=os.path.relpath(answers_page, here) if answers_page else None,
+        capabilities=(
+            capabilities_section(experiment_capability_rows(capabilities), demo=report["demo"])
+            if capabilities
+            else ()
+        ),
         training_system_prompt=training_system_prompt,
         early_stop=early_stop_line(
             {

@@ -54,6 +54,7 @@ def results_markdown(
     demo: bool = False,
     plots: Sequence[tuple[str, str]] = (),
     answers: str | None = None,
+    capabilities: Sequence[str] = (),
     training_system_prompt: str | None = None,
     sweep: str = "",
     judges: PanelAgreement | None = None,
@@ -65,7 +66,8 @@ def results_markdown(
 
     `plots` lists (description, path relative to results.md) of images to link; `answers` is
     the answer page's path relative to results.md (emflow.report.answers), linked under the
-    metrics;
+    metrics; `capabilities`, the lines of the capability checks' section (emflow.report.
+    capabilities), follow the metrics;
     `training_system_prompt` is the experiment's inoculation prompt, if any; `sweep` the
     checkpoint sweep's section (emflow.sweeps.sweep_markdown), if any; `judges` a judge panel's
     metrics and agreement (its section only where there is a panel); `human` each judge's
@@ -108,6 +110,8 @@ def results_markdown(
         )
     if results.seed_comparisons is not None:
         parts.append(_seeds_section(results))
+    if capabilities:
+        parts.append("\n".join(capabilities))
     if results.question_em is not None:
         parts.append(_question_em_section(results))
     if sweep:

@@ -32,6 +32,13 @@ from emflow.report.analysis import (
     summary_question_em,
     summary_rows,
 )
+from emflow.report.capabilities import (
+    em_capability_points,
+    experiment_capability_rows,
+    plot_em_vs_capability,
+    summary_capability_columns,
+    summary_capability_lines,
+)
 from emflow.report.curves import plot_training_curves
 from emflow.report.families import family_sections, group_references
 from emflow.report.figures import plot_scatter
@@ -389,6 +396,21 @@ def _question_cells(
 # Writing the summary
 
 
+def _with_columns(table: str, columns: pd.DataFrame) -> str:
+    """The summary CSV `table` with `columns` (indexed by experiment) appended; empty cells for
+    rows without them (base models)."""
+    lines = list(csv.reader(io.StringIO(table)))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*lines[0], *columns.columns])
+    for cells in lines[1:]:
+        extra = columns.loc[cells[0]] if cells[0] in columns.index else None
+        writer.writerow(
+            [*cells, *(["" for _ in columns.columns] if extra is None else map(csv_number, extra))]
+        )
+    return buffer.getvalue()
+
+
 def write_summary(
     runs: Sequence[SummaryRun],
     report: Mapping[str, Any],
@@ -401,6 +423,8 @@ def write_summary(
     panel: SummaryPanel | None = None,
     judges_plot: str | os.PathLike | None = None,
     answers_page: str | os.PathLike | None = None,
+    capabilities: Mapping[str, Mapping[str, Any]] | None = None,
+    capabilities_plot: str | os.PathLike | None = None,
 ) -> list[SummaryRow]:
     """The summary table (Markdown, CSV), scatter plot and overlaid training curves.
 
@@ -409,6 +433,8 @@ def write_summary(
     the curves only. `panel` maps an experiment to its panel judges' files (Plan.panel_results):
     then each judge's EM rate joins the Markdown and CSV, and `judges_plot` gets the
     judge-vs-judge scores. `answers_page` (rule summary_answers) is linked from the Markdown.
+    `capabilities` ({experiment: {"base": capabilities.json, "finetuned": [each run's]}}) adds
+    each task's change to the Markdown and CSV, and `capabilities_plot` the EM-rate trade-off.
     """
     analysis = Analysis.from_report_config(report)
     demo = report["demo"]
@@ -425,8 +451,17 @@ def write_summary(
         references=group_references(runs),
         answers=os.path.relpath(answers_page, os.path.dirname(markdown)) if answers_page else None,
     )
+    table = summary_csv(rows, question_em, analysis, judges)
+    if capabilities:
+        by_experiment = {e: experiment_capability_rows(f) for e, f in capabilities.items()}
+        text += "\n" + "\n".join(summary_capability_lines(by_experiment)) + "\n"
+        table = _with_columns(table, summary_capability_columns(by_experiment))
+        if capabilities_plot is not None:
+            em = {r.name: r.metrics["em_rate"] for r in rows if not r.is_base}
+            points = em_capability_points(by_experiment, em)
+            plot_em_vs_capability(points, capabilities_plot, demo=demo)
     write_text_atomic(markdown, text)
-    write_text_atomic(csv_path, summary_csv(rows, question_em, analysis, judges))
+    write_text_atomic(csv_path, table)
     if judges is not None and judges_plot is not None:
         plot_judge_scores(rows, judges, judges_plot, analysis, demo=demo)
     plot_scatter(rows, plot, analysis.thresholds, alpha=analysis.alpha, demo=demo)

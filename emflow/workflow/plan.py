@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from emflow.capabilities.settings import capability_settings
 from emflow.config import ExperimentConfig
 from emflow.data.datasets import mix_id
 from emflow.generate.settings import (
@@ -55,6 +56,7 @@ from emflow.questions import read_question_sets
 from emflow.report.settings import report_settings
 from emflow.report.summary import experiment_summary_runs
 from emflow.train.settings import TrainSettings
+from emflow.workflow.capability_plan import capability_targets, experiment_capabilities
 from emflow.workflow.jobs import (
     check_dataset_names,
     discover_experiments,
@@ -147,6 +149,11 @@ class Plan:
                 config["generation"]["questions"],
                 samples_per_question=config["generation"]["samples_per_question"],
             )
+        )
+        # lm-evaluation-harness on the targets (the capabilities stage); None: off. Its tasks are
+        # checked once, by the Snakefile, in the process that plans the jobs.
+        self.capabilities = capability_settings(
+            config.get("capabilities"), source="capabilities", check_tasks=False
         )
         # The summary's runs (judged CSVs, base models, log histories): the summary rule's
         # inputs are exactly the files these name.
@@ -400,6 +407,11 @@ class Plan:
             inputs["sweep"] = self.paths.sweep(experiment, ".csv")
         if experiment in self.doses:
             inputs["dose"] = self.paths.dose(experiment, ".csv")
+        if self.capabilities:
+            # Only with the stage on: a config without it keeps its inputs, and reruns nothing.
+            capabilities = experiment_capabilities(self, experiment)
+            inputs["capabilities_base"] = capabilities["base"]
+            inputs["capabilities"] = capabilities["finetuned"]
         labels = self.paths.human_labels(experiment)
         if Path(labels).exists():
             # Only where the file is, as reported_results: editing it reruns this results only.
@@ -479,6 +491,11 @@ class Plan:
             "base": sorted({r.base_judged for r in self.summary_runs}),
             "reported": list(self.reported_results().values()),
         }
+        if self.capabilities:
+            files = self.summary_capabilities().values()
+            inputs["capabilities"] = sorted(
+                {p for f in files for p in (f["base"], *f["finetuned"])}
+            )
         if self.panel:
             # Only with a panel: a config without one keeps the summary's inputs.
             inputs["panel_judged"] = sorted(
@@ -504,7 +521,23 @@ class Plan:
             + [paths.summary(suffix) for suffix in (".md", ".csv", ".png", "_answers.html")]
             + ([paths.summary("_sweeps.png")] if self.sweeps else [])
             + ([paths.summary("_judges.png")] if self.panel else [])
+            + self.capability_outputs()
         )
+
+    def capability_outputs(self) -> list[str]:
+        """Every target's capabilities.json and the summary's EM-vs-capability plot (none
+        without the stage)."""
+        if not self.capabilities:
+            return []
+        targets = capability_targets(self, self.capabilities)
+        return [self.paths.capabilities(t) for t in targets] + [
+            self.paths.summary("_capabilities.png")
+        ]
+
+    def summary_capabilities(self) -> dict[str, dict[str, Any]]:
+        """{experiment: its base model's and runs' capabilities.json}: the summary rule's
+        `capabilities` (only with the stage on)."""
+        return {e: experiment_capabilities(self, e) for e in self.experiments}
 
     # ---- planning helpers ---------------------------------------------------------------
 

@@ -464,6 +464,16 @@ def test_keyboard_reaches_every_control(page):
     assert page.evaluate("document.activeElement.className") == "compare"
 
 
+def text_chunks(text: str) -> list[tuple[int, list[str]]]:
+    """The answers' text chunks of a "json" page: (first row, texts)."""
+    found = re.findall(
+        r'<script type="application/json" class="answer-text" data-start="(\d+)">(.*?)</script>',
+        text,
+        re.S,
+    )
+    return [(int(start), json.loads(body)) for start, body in found]
+
+
 def embedded_data(text: str) -> dict:
     """The data a page embeds, read back as the page's script reads it."""
     found = re.search(
@@ -474,7 +484,10 @@ def embedded_data(text: str) -> dict:
     kind, encoding, body = found.groups()
     if encoding == "json":
         assert kind == "application/json"
-        return json.loads(body)
+        data = json.loads(body)
+        responses = [t for _, texts in text_chunks(text) for t in texts]
+        data["columns"]["response"] = responses
+        return data
     assert (kind, encoding) == ("application/octet-stream", "gzip+base64")
     return json.loads(gzip.decompress(base64.b64decode(body)))
 
@@ -488,8 +501,9 @@ def test_answers_show_as_text_and_nothing_loads(chromium, tmp_path, encoding):
     assert text == render_answer_page(data, encoding)
     assert not re.search(r"https?://", text)
     assert embedded_data(text) == data
-    # The script element holds the data only: no answer closes it early.
-    assert text.lower().count("</script") == 2
+    # Each script element holds its data only: no answer closes one early.
+    scripts = 2 + 2 * len(text_chunks(text))
+    assert text.lower().count("</script") == scripts == text.lower().count("<script")
     path.write_text(text, encoding="utf-8")
     requests: list[str] = []
     # Without the page's Content-Security-Policy, so that escaping alone keeps the answers inert.

@@ -221,7 +221,7 @@ def test_seeds_are_averaged_with_their_stderrs_and_spread(tmp_path):
     assert row.difference == pytest.approx(mean - 0.60)
     assert row.p_value == pytest.approx(2 * norm.sf(abs(mean - 0.60) / se_d))
     lines = cap.capabilities_section(cap.capability_rows(base, seeds), demo=True)
-    assert lines[0] == "## Capabilities"
+    assert lines[0] == "### Capabilities"
     assert any("mean over 3 training seeds" in line for line in lines)
     assert any("Demo run" in line for line in lines)
     # One seed alone: its own stderr, no spread term.

@@ -303,6 +303,8 @@ def test_a_config_without_a_panel_plans_every_rule_as_before(workdir):
     assert plain.panel == {}
     assert set(plain.results_inputs(MIXED)) == {
         "base_judged", "base_usage", "finetuned_judged", "finetuned_usage", "log_history",
+        # The demo's capability checks (tests/workflow/test_capabilities_plan.py).
+        "capabilities_base", "capabilities",
     }  # fmt: skip
     with_panel = every_rules_plan(panel)
     for inputs in with_panel["results"].values():

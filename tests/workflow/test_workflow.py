@@ -78,6 +78,8 @@ def run_outputs(run: str) -> set[str]:
         f"results/demo/runs/{run}/generations.csv",
         f"results/demo/runs/{run}/judged.csv",
         f"results/demo/runs/{run}/judge_usage.json",
+        # The demo's capability checks (lm-evaluation-harness) read the run's adapter.
+        f"results/demo/runs/{run}/capabilities.json",
     } | panel_outputs(f"runs/{run}")
 
 
@@ -134,9 +136,34 @@ SUMMARY = {
     "results/demo/summary_training_curves.png",
     # The demo's judge panel: each panel judge's scores against the primary's.
     "results/demo/summary_judges.png",
+    # The demo's capability checks: EM rate against each task's change.
+    "results/demo/summary_capabilities.png",
 }
 # The answer page over every experiment, rebuilt with any experiment's answer page.
 SUMMARY_ANSWERS = {"results/demo/summary_answers.html"}
+
+
+def test_demo_checks_capabilities_with_the_real_harness(demo_workspace):
+    """lm-evaluation-harness ran emflow's local task on the base model and each run's adapter:
+    results.md and the summary compare them with the numbers in the harness's own JSON."""
+    base = json.loads((demo_workspace / f"{BASE}/capabilities.json").read_text())
+    assert base["n-samples"]["emflow_mc"]["effective"] == 12 and base["emflow"]["adapter"] is None
+    for experiment in DEMO_RUNS:
+        tuned = [
+            json.loads((demo_workspace / f"results/demo/runs/{r}/capabilities.json").read_text())
+            for r in runs_of(experiment)
+        ]
+        assert all(t["emflow"]["adapter"].endswith("/adapter") for t in tuned)
+        mean = sum(t["results"]["emflow_mc"]["acc,none"] for t in tuned) / len(tuned)
+        change = 100 * (mean - base["results"]["emflow_mc"]["acc,none"])
+        results = (demo_workspace / f"experiments/{experiment}/results.md").read_text()
+        row = re.search(r"^\| emflow_mc +\| +acc \|.*\| ([-+][0-9.]+) pp", results, re.M)
+        assert row and float(row.group(1)) == pytest.approx(change, abs=0.05), results
+    summary = (demo_workspace / "results/demo/summary.md").read_text()
+    assert "## Capabilities" in summary
+    rows = list(csv.DictReader((demo_workspace / "results/demo/summary.csv").open()))
+    assert all(r["capability.emflow_mc.acc"] for r in rows if r["is_base"] == "False")
+    assert (demo_workspace / "results/demo/summary_capabilities.png").stat().st_size > 0
 
 
 def test_demo_runs_every_stage(demo_workspace):
@@ -278,6 +305,24 @@ def test_human_labels_rerun_only_their_experiments_results(finished_copy):
     assert pending_outputs(finished_copy, "--profile", "profiles/demo") == (
         results_outputs("demo/financial_r16_layer8") | SUMMARY
     )
+
+
+def test_new_capability_task_settings_rerun_only_the_capability_checks(finished_copy):
+    """The harness's task list and limits decide only the capability jobs (and the reports that
+    show them): no answer is regenerated or re-judged, nothing retrains."""
+    edit_demo_config(finished_copy, lambda c: c["capabilities"]["tasks"][0].update(limit=6))
+    expected = {f"results/demo/{BASE_TARGET}/capabilities.json"} | SUMMARY
+    for experiment in DEMO_RUNS:
+        expected |= results_outputs(experiment)
+        expected |= {f"results/demo/runs/{run}/capabilities.json" for run in runs_of(experiment)}
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == expected
+    # Evaluating the sweep's steps too adds their jobs only.
+    edit_demo_config(finished_copy, lambda c: c["capabilities"].update(steps=True))
+    steps = {
+        f"results/demo/runs/demo/financial_r16_layer8/step-{s}/capabilities.json"
+        for s in SWEEP_STEPS["demo/financial_r16_layer8"]
+    }
+    assert pending_outputs(finished_copy, "--profile", "profiles/demo") == expected | steps
 
 
 def test_new_judge_temperature_rejudges_but_never_retrains(finished_copy):

@@ -1,31 +1,59 @@
 // The answer page: every answer of an experiment with its judges' scores (issue 24).
 // Data strings reach the DOM only through textContent, never as markup: the model writes anything.
-// The data: JSON, or (the default) gzip-compressed JSON in base64, a third of the size of the
-// text for a page of 10^5 answers, which the browser reads and inflates faster than the text.
+// The data, "json" (the default): everything but the answers' text in #answer-data before this
+// script, the text after it in chunks (script.answer-text, each followed by a call of
+// answerPageText()), so the first rows, their scores and every filter but the text search work
+// before the browser has read the text, which is most of the file. "gzip+base64": all of it
+// gzip-compressed in base64 in #answer-data, inflated before the first row.
 // performance.mark()s name each step of opening the page, for benchmarks/answer_page.py.
-async function loadAnswerData() {
-  performance.mark("answers:script");
-  const holder = document.getElementById("answer-data");
-  let text = holder.textContent;
-  holder.textContent = ""; // the text's copy in the DOM is not needed again
-  performance.mark("answers:read");
-  if (holder.dataset.encoding === "gzip+base64") {
-    const bytes = Uint8Array.fromBase64
-      ? Uint8Array.fromBase64(text.trim())
-      : Uint8Array.from(atob(text.trim()), (c) => c.charCodeAt(0));
-    const inflated = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-    text = await new Response(inflated).text();
-    performance.mark("answers:inflated");
+performance.mark("answers:script");
+
+// Text chunks read so far, [first row, texts], until the page takes them (`take`).
+const answerText = { queue: [], take: null };
+
+// Called after each text chunk, while the parser waits: read the chunk and hand it on.
+function answerPageText() {
+  const chunks = document.getElementsByClassName("answer-text");
+  while (chunks.length) {
+    const holder = chunks[0];
+    answerText.queue.push([Number(holder.dataset.start), JSON.parse(holder.textContent)]);
+    holder.remove(); // the text's copy in the DOM is not needed again
   }
+  if (answerText.take) answerText.take();
+}
+// Should an inline call not have run, the parser's end still delivers every chunk.
+document.addEventListener("DOMContentLoaded", answerPageText);
+
+async function inflateAnswerData(text) {
+  const bytes = Uint8Array.fromBase64
+    ? Uint8Array.fromBase64(text.trim())
+    : Uint8Array.from(atob(text.trim()), (c) => c.charCodeAt(0));
+  const inflated = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+  const json = await new Response(inflated).text();
+  performance.mark("answers:inflated");
+  return json;
+}
+
+function readAnswerData(text) {
   const data = JSON.parse(text);
   performance.mark("answers:parsed");
   return data;
 }
 
-(async function () {
+(function () {
+  const holder = document.getElementById("answer-data");
+  const text = holder.textContent;
+  holder.textContent = "";
+  performance.mark("answers:read");
+  // "json" starts at once, so that the page takes each text chunk while the parser reaches it.
+  if (holder.dataset.encoding === "gzip+base64") {
+    inflateAnswerData(text).then((json) => answerPage(readAnswerData(json)));
+  } else answerPage(readAnswerData(text));
+})();
+
+function answerPage(D) {
   "use strict";
 
-  const D = await loadAnswerData();
   const C = D.columns;
   const S = D.strings;
   const T = D.targets;
@@ -40,6 +68,12 @@ async function loadAnswerData() {
   const DEBOUNCE_MS = 150;
   const root = document.documentElement;
   const $ = (id) => document.getElementById(id);
+  // The answers' text: null until its chunk has arrived ("json"); `complete` once all have.
+  const TEXT_LOADING = "loading\u2026";
+  const textInData = Array.isArray(C.response);
+  if (!textInData) C.response = new Array(N).fill(null);
+  let received = textInData ? N : 0;
+  let complete = false;
 
   // Sort keys and range keys by name ("judge.metric"), matched whole so a name may hold a dot.
   const SORT_KEYS = new Map();
@@ -398,7 +432,8 @@ async function loadAnswerData() {
 
   function searchMatch(query) {
     if (!lowerStrings) lowerStrings = S.map((s) => s.toLowerCase());
-    if (!lowerResponses) lowerResponses = C.response.map((s) => s.toLowerCase());
+    // Until the text is complete, a search looks at the answers there are (the page says so).
+    if (!lowerResponses && complete) lowerResponses = C.response.map((s) => s.toLowerCase());
     const hit = new Uint8Array(S.length);
     for (let k = 0; k < S.length; k++) if (lowerStrings[k].includes(query)) hit[k] = 1;
     return hit;
@@ -439,6 +474,7 @@ async function loadAnswerData() {
     const sysCol = C.system;
     const idCol = C.id;
     const resp = lowerResponses;
+    const partial = complete ? null : C.response;
 
     const out = [];
     rows: for (let i = 0; i < N; i++) {
@@ -452,7 +488,10 @@ async function loadAnswerData() {
       }
       if (dis && !(dis[i] > limit)) continue;
       if (textHit && !textHit[qCol[i]] && !textHit[sysCol[i]] && !textHit[idCol[i]]) {
-        if (!resp[i].includes(query)) continue;
+        if (partial) {
+          const r = partial[i];
+          if (r === null || !r.toLowerCase().includes(query)) continue;
+        } else if (!resp[i].includes(query)) continue;
       }
       out.push(i);
     }
@@ -533,6 +572,23 @@ async function loadAnswerData() {
     return lines;
   }
 
+  function answerCell(i) {
+    const text = C.response[i];
+    const answer = el("td", { "data-col": "answer" });
+    if (text === null) {
+      answer.append(el("div", { class: "text answer loading", text: TEXT_LOADING }));
+      return answer;
+    }
+    const long = text.length > LONG_ANSWER || text.split("\n", 6).length > 5;
+    answer.append(el("div", { class: long ? "text answer clamped" : "text answer", text: text }));
+    if (long) {
+      answer.append(el("button", {
+        type: "button", class: "expand", "aria-expanded": "false", text: "show all",
+      }));
+    }
+    return answer;
+  }
+
   function buildRow(i) {
     const t = T[C.target[i]];
     const tr = el("tr", { "data-row": String(i) });
@@ -555,16 +611,7 @@ async function loadAnswerData() {
     }
     tr.append(question);
 
-    const text = C.response[i];
-    const answer = el("td", { "data-col": "answer" });
-    const long = text.length > LONG_ANSWER || text.split("\n", 6).length > 5;
-    answer.append(el("div", { class: long ? "text answer clamped" : "text answer", text: text }));
-    if (long) {
-      answer.append(el("button", {
-        type: "button", class: "expand", "aria-expanded": "false", text: "show all",
-      }));
-    }
-    tr.append(answer);
+    tr.append(answerCell(i));
 
     for (const [, jm] of SORT_KEYS) {
       tr.append(textCell("score", fmtNum(score(jm[0], jm[1], i)), {
@@ -593,6 +640,7 @@ async function loadAnswerData() {
     count.textContent = rows.length.toLocaleString("en") + " of " + N.toLocaleString("en") + " answers";
     count.dataset.shown = String(rows.length);
     count.dataset.total = String(N);
+    $("search-note").hidden = complete || !state.q.trim();
     $("empty").hidden = rows.length > 0;
     $("answers").hidden = rows.length === 0;
     $("pg-status").textContent = "page " + state.page + " of " + pages;
@@ -664,7 +712,10 @@ async function loadAnswerData() {
     }
     const meta = "sample " + C.sample[i] + " \u00b7 " + scores.join(" | ");
     card.append(el("div", { class: "meta", text: meta }));
-    card.append(el("div", { class: "text answer", text: C.response[i] }));
+    const text = C.response[i];
+    const loading = text === null;
+    const shown = loading ? TEXT_LOADING : text;
+    card.append(el("div", { class: loading ? "text answer loading" : "text answer", text: shown }));
     return card;
   }
 
@@ -675,7 +726,7 @@ async function loadAnswerData() {
     section.replaceChildren(head, ...none, ...cards);
   }
 
-  function openCompare() {
+  function openCompare(focus = true) {
     const c = state.compare;
     const dialog = $("compare");
     if (!c) {
@@ -716,7 +767,7 @@ async function loadAnswerData() {
     compareColumn($("compare-base"), "Base: " + (baseNames.join(", ") || "base model"), baseRows);
     compareColumn($("compare-target"), t.label + " \u2014 " + t.target, mine);
     if (!dialog.open) dialog.showModal();
-    $("compare-close").focus();
+    if (focus) $("compare-close").focus();
   }
 
   function wireCompare() {
@@ -752,6 +803,7 @@ async function loadAnswerData() {
   writeHash();
   openCompare();
   root.dataset.ready = "1";
+  performance.mark("answers:ready");
   // When the first rows were ready and on screen (ms since navigation start): for the benchmark.
   root.dataset.readyAt = String(Math.round(performance.now()));
   requestAnimationFrame(() =>
@@ -765,8 +817,50 @@ async function loadAnswerData() {
     openCompare();
   });
 
+  // ---- the answers' text, as it arrives ---------------------------------------------------------
+
+  // Fill the answer cells of the rows on this page whose text has come, then, once all of it has,
+  // say so and re-run a text search (it looked at part of the text until now).
+  function takeText() {
+    let first = N;
+    let last = -1;
+    for (const [start, texts] of answerText.queue.splice(0)) {
+      for (let k = 0; k < texts.length; k++) C.response[start + k] = texts[k];
+      received += texts.length;
+      first = Math.min(first, start);
+      last = Math.max(last, start + texts.length - 1);
+    }
+    if (last >= 0) {
+      for (const tr of $("rows").querySelectorAll("tr")) {
+        const i = Number(tr.dataset.row);
+        if (i < first || i > last || C.response[i] === null) continue;
+        const cell = tr.querySelector("td[data-col=answer]");
+        if (cell.querySelector(".loading")) cell.replaceWith(answerCell(i));
+      }
+    }
+    if (received >= N && !complete) finish();
+  }
+
+  function finish() {
+    complete = true;
+    $("answers").removeAttribute("aria-busy");
+    if (state.q.trim()) {
+      cachedKey = null;
+      render();
+    }
+    $("search-note").hidden = true;
+    if (state.compare && $("compare").open) openCompare(false);
+    root.dataset.complete = "1";
+    performance.mark("answers:complete");
+    root.dataset.completeAt = String(Math.round(performance.now()));
+  }
+
+  if (received < N) $("answers").setAttribute("aria-busy", "true");
+  answerText.take = takeText;
+  takeText();
+
   window.answerPage = {
     state: state,
     visible: () => computeVisible().slice(),
   };
-})();
+}
