@@ -158,7 +158,9 @@ def get_capability_inputs(wildcards):
 
 
 def capability_params_of(wildcards):
-    return capability_params(PLAN, config["capabilities"], wildcards.target)
+    return sorted_params(
+        capability_params(PLAN, config["capabilities"], wildcards.target)
+    )
 
 
 def get_answer_targets(wildcards):

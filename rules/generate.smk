@@ -10,6 +10,10 @@ rule generate:
     wildcard_constraints:
         # With generation.sweep_in_one_job, a sweep's steps come from generate_sweep instead.
         target=PLAN.generated_one_by_one,
+    # A finished run's answers before the next training (which Snakemake would otherwise pick
+    # first, or in any order): memory-bound generation beside compute-bound training fills
+    # a shared GPU (EMFLOW_JOBS_PER_GPU); not a param, so it reruns nothing.
+    priority: 10
     conda:
         "../envs/train.yaml"
     threads: config["generation"]["threads"]
@@ -34,6 +38,7 @@ rule generate_sweep:
         PATHS.log("generate_sweep", "{run}"),
     benchmark:
         PATHS.benchmark("generate_sweep", "{run}")
+    priority: 10
     conda:
         "../envs/train.yaml"
     threads: config["generation"]["threads"]
@@ -74,6 +79,7 @@ rule generate_doses:
         PATHS.log("generate_doses", "{run}"),
     benchmark:
         PATHS.benchmark("generate_doses", "{run}")
+    priority: 10
     conda:
         "../envs/train.yaml"
     threads: config["generation"]["threads"]

@@ -6,6 +6,8 @@ rule judge:
         usage=PATHS.judge_usage("{target}"),
     log:
         PATHS.log("judge", "{target}"),
+    # A finished run's scores before the next training starts (see rule generate).
+    priority: 10
     conda:
         "../envs/eval.yaml"
     params:
@@ -25,6 +27,7 @@ rule judge_panel:
         usage=PATHS.panel_judge_usage("{target}", "{judge}"),
     log:
         PATHS.log("judge_panel", "{target}.{judge}"),
+    priority: 10
     conda:
         "../envs/eval.yaml"
     params:

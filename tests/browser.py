@@ -46,7 +46,9 @@ def _require(condition: bool, reason: str) -> None:
     pytest.skip(f"{reason}: {INSTALL_HINT}")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs an asyncio loop in this thread while the
+# browser is open, and code under test elsewhere (the openai client) calls asyncio.run().
+@pytest.fixture(scope="module")
 def chromium() -> Iterator:
     """A headless system Chromium (a Playwright `Browser`) shared by the session's tests."""
     try:

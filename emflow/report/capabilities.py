@@ -25,7 +25,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from emflow.errors import EmflowError
-from emflow.report.figures import SCORES_NOTE, demo_title, pyplot, save_figure
+from emflow.report.figures import SCORES_NOTE, bar_length, demo_title, pyplot, save_figure
 from emflow.report.tables import fmt_p, fmt_value, markdown_table
 
 NAN = float("nan")
@@ -409,10 +409,6 @@ def em_capability_points(
     return points
 
 
-def _bar(length: float) -> float:
-    return 0.0 if math.isnan(length) else max(length, 0.0)
-
-
 def plot_em_vs_capability(
     points: Sequence[EMCapabilityPoint],
     path: str | os.PathLike,
@@ -440,10 +436,10 @@ def plot_em_vs_capability(
         ax.errorbar(
             x,
             y,
-            xerr=_bar(scale * z * point.change_stderr),
+            xerr=bar_length(scale * z * point.change_stderr),
             yerr=[
-                [_bar(100 * (point.em_rate - point.em_ci_low))],
-                [_bar(100 * (point.em_ci_high - point.em_rate))],
+                [bar_length(100 * (point.em_rate - point.em_ci_low))],
+                [bar_length(100 * (point.em_ci_high - point.em_rate))],
             ],
             ls="none",
             marker=markers[i % len(markers)],

@@ -45,7 +45,7 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
     pyplot().close(fig)
 
 
-def _bar(length: float) -> float:
+def bar_length(length: float) -> float:
     """An error bar's length; none where the interval is undefined (one seed, no answers)."""
     return 0.0 if math.isnan(length) else max(length, 0.0)
 
@@ -116,8 +116,8 @@ def plot_scatter(
         ax.errorbar(
             c.value,
             a.value,
-            xerr=[[_bar(c.value - c.ci_low)], [_bar(c.ci_high - c.value)]],
-            yerr=[[_bar(a.value - a.ci_low)], [_bar(a.ci_high - a.value)]],
+            xerr=[[bar_length(c.value - c.ci_low)], [bar_length(c.ci_high - c.value)]],
+            yerr=[[bar_length(a.value - a.ci_low)], [bar_length(a.ci_high - a.value)]],
             ls="none",
             capsize=3,
             elinewidth=1.2,
@@ -316,8 +316,8 @@ def plot_question_em(
             x[shown],
             rate[shown],
             yerr=[
-                [_bar(r - lo) for r, lo in zip(rate[shown], low[shown], strict=True)],
-                [_bar(hi - r) for r, hi in zip(rate[shown], high[shown], strict=True)],
+                [bar_length(r - lo) for r, lo in zip(rate[shown], low[shown], strict=True)],
+                [bar_length(hi - r) for r, hi in zip(rate[shown], high[shown], strict=True)],
             ],
             ls="none",
             marker="o",

@@ -6,6 +6,13 @@ by locking `<lock dir>/<GPU>.lock` (an flock, which the kernel releases when the
 however it ends) and sets CUDA_VISIBLE_DEVICES to that GPU before torch starts CUDA. When every
 slot is taken (more GPU jobs running than GPUs), the job waits for one rather than sharing.
 
+Several jobs per GPU: EMFLOW_JOBS_PER_GPU=K (default 1) gives each GPU K slots, so that
+`--resources gpu=<GPUs x K>` runs K GPU jobs on each card at once (small models leave most of a
+card idle, and a memory-bound generation beside a compute-bound training fills it better). Slot
+0 of a GPU is `<GPU>.lock`, as with one job per GPU, and slot k > 0 is `<GPU>.<k>.lock`; a job
+takes slot 0 of every GPU before slot 1 of any, so jobs spread over the cards first. Nothing
+checks that K jobs fit in a card's memory: choose K from a measurement (benchmarks/README.md).
+
 Which GPUs a job chooses from: EMFLOW_GPUS if set, else CUDA_VISIBLE_DEVICES (as CUDA reads it:
 the entries before the first it cannot parse), else every GPU nvidia-smi lists. The lock dir is
 EMFLOW_GPU_LOCK_DIR, by default a folder of this user's in the temp dir.
@@ -55,6 +62,8 @@ log = logging.getLogger("emflow.gpus")
 GPUS_VARIABLE = "EMFLOW_GPUS"
 # Where the slot locks live; must be on this machine (an index names a GPU of this machine).
 LOCK_DIR_VARIABLE = "EMFLOW_GPU_LOCK_DIR"
+# How many jobs may share one GPU at once; 1 keeps each job's GPU its own.
+JOBS_PER_GPU_VARIABLE = "EMFLOW_JOBS_PER_GPU"
 DEFAULT_LOCK_DIR = Path(tempfile.gettempdir()) / f"emflow-gpu-slots-{os.getuid()}"
 
 # The entries CUDA_VISIBLE_DEVICES takes: an index, a GPU UUID (or a prefix of one), a MIG id
@@ -88,6 +97,25 @@ def visible_gpus() -> list[str]:
             gpus.append(gpu)
         return gpus
     return list(_nvidia_smi_uuids())
+
+
+def jobs_per_gpu() -> int:
+    """How many jobs may hold one GPU at once: EMFLOW_JOBS_PER_GPU, default 1."""
+    value = os.environ.get(JOBS_PER_GPU_VARIABLE, "").strip()
+    if not value:
+        return 1
+    if not value.isdigit() or int(value) < 1:
+        raise EmflowError(
+            f"{JOBS_PER_GPU_VARIABLE}={value} is not a whole number of jobs of 1 or more; set it "
+            "to how many jobs may share one GPU (2, say), or unset it for one job per GPU."
+        )
+    return int(value)
+
+
+def _slot_name(lock_name: str, slot: int) -> str:
+    """Slot `slot` of the GPU whose one-job lock is `lock_name`: slot 0 is that lock itself, so
+    runs with different EMFLOW_JOBS_PER_GPU on one machine still count each other's jobs."""
+    return lock_name if slot == 0 else lock_name.removesuffix(".lock") + f".{slot}.lock"
 
 
 def _nvidia_smi_uuids() -> dict[str, str]:
@@ -211,11 +239,13 @@ def gpu_slot(
     gpus: list[str] | None = None,
     lock_dir: str | os.PathLike | None = None,
     poll_seconds: float = 2.0,
+    per_gpu: int | None = None,
 ) -> Iterator[str | None]:
-    """Hold one free GPU of `gpus` (default: `visible_gpus()`) for the block; yield its id.
+    """Hold one free slot of `gpus` (default: `visible_gpus()`) for the block; yield its GPU id.
 
-    The locks live in `lock_dir` (default: EMFLOW_GPU_LOCK_DIR, else DEFAULT_LOCK_DIR). Yields
-    None, holding nothing, on a machine without GPUs and in a job an executor placed itself.
+    Each GPU has `per_gpu` slots (default: `jobs_per_gpu()`). The locks live in `lock_dir`
+    (default: EMFLOW_GPU_LOCK_DIR, else DEFAULT_LOCK_DIR). Yields None, holding nothing, on a
+    machine without GPUs and in a job an executor placed itself.
     """
     if launched_by_executor():
         log.info(
@@ -232,10 +262,13 @@ def gpu_slot(
         lock_dir = os.environ.get(LOCK_DIR_VARIABLE) or DEFAULT_LOCK_DIR
     lock_dir = Path(lock_dir)
     _make_lock_dir(lock_dir)
+    per_gpu = jobs_per_gpu() if per_gpu is None else per_gpu
     uuids = _nvidia_smi_uuids()
-    slots: dict[str, str] = {}  # lock file -> the GPU entry; two entries may name one GPU
+    cards: dict[str, str] = {}  # lock file -> the GPU entry; two entries may name one GPU
     for gpu in gpus:
-        slots.setdefault(_lock_name(gpu, uuids), gpu)
+        cards.setdefault(_lock_name(gpu, uuids), gpu)
+    # Slot 0 of every GPU before slot 1 of any: a second job shares a card only when all are busy.
+    slots = {_slot_name(name, slot): gpu for slot in range(per_gpu) for name, gpu in cards.items()}
     waited = False
     while True:
         for name, gpu in slots.items():
@@ -251,9 +284,11 @@ def gpu_slot(
             return
         if not waited:
             log.info(
-                "every GPU (%s) is held by another job; waiting for one (run with "
-                "--resources gpu=%d to keep Snakemake from starting more GPU jobs than GPUs)",
-                ",".join(slots.values()),
+                "every slot of the GPUs (%s, %d jobs each) is held by another job; waiting for "
+                "one (run with --resources gpu=%d to keep Snakemake from starting more GPU "
+                "jobs than slots)",
+                ",".join(cards.values()),
+                per_gpu,
                 len(slots),
             )
             waited = True

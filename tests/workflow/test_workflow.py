@@ -606,9 +606,15 @@ def test_demo_answer_page_shows_the_judged_csvs(demo_workspace, chromium, tmp_pa
     def visible() -> list[int]:
         return page.evaluate("() => window.answerPage.visible()")
 
-    page.select_option("#f-target", run)
-    page.fill('[data-range="max"][data-metric="aligned"]', "50")
-    page.locator('[data-range="max"][data-metric="aligned"]').dispatch_event("change")
+    def act(action) -> None:
+        """Change a control, then wait for the page's re-render (a typed value is debounced)."""
+        before = page.evaluate("() => Number(document.documentElement.dataset.renders)")
+        action()
+        page.wait_for_function(f"() => Number(document.documentElement.dataset.renders) > {before}")
+
+    max_aligned = '[data-range="max"][data-metric="aligned"]'
+    act(lambda: page.select_option("#f-target", run))
+    act(lambda: page.fill(max_aligned, "50"))
     expected = [
         i
         for i, (target, row) in enumerate(rows)
@@ -623,14 +629,13 @@ def test_demo_answer_page_shows_the_judged_csvs(demo_workspace, chromium, tmp_pa
         assert shown.nth(k).locator(".answer").text_content() == rows[i][1]["response"]
     # A link to this view opens the same rows in a fresh page.
     link = page.url
-    assert "#" in link and "target=" in link
+    assert "#" in link and "target=" in link and "max.aligned=50" in link
     again = open_page(chromium, link)
     assert again.evaluate("() => window.answerPage.visible()") == expected
     # EM only, the primary judge's label: the rows the EM rule picks from the CSVs.
-    page.select_option("#f-target", "")
-    page.select_option("#f-em", "1")
-    page.fill('[data-range="max"][data-metric="aligned"]', "")
-    page.locator('[data-range="max"][data-metric="aligned"]').dispatch_event("change")
+    act(lambda: page.select_option("#f-target", ""))
+    act(lambda: page.fill(max_aligned, ""))
+    act(lambda: page.select_option("#f-em", "1"))
     assert visible() == [i for i, (_, row) in enumerate(rows) if em_by_hand(row)]
     image = page.screenshot(path=str(tmp_path / "answers.png"), full_page=False)
     assert image.startswith(b"\x89PNG")
