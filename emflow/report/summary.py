@@ -305,12 +305,15 @@ def summary_csv(
     question_em: SummaryQuestionEM | None = None,
     analysis: Analysis | None = None,
     judges: SummaryJudges | None = None,
+    capabilities: pd.DataFrame | None = None,
 ) -> str:
     """One CSV line per row: every metric with its CI, p vs base, reported scores, seeds; with
     `question_em`, each question's EM rate, CI and answers (columns `em_rate:<question id>`,
     ..., empty where the row's run was not asked the question) and the mean of each judged
     score the EM rule does not read; with a judge panel (`judges`), each panel judge's EM rate
-    and CI (`em_rate.<judge>`, ...) and the spread across judges (`em_rate_judge_spread`)."""
+    and CI (`em_rate.<judge>`, ...) and the spread across judges (`em_rate_judge_spread`); with
+    `capabilities` (emflow.report.capabilities.summary_capability_columns, indexed by
+    experiment), its columns, empty for rows it lacks (base models)."""
     analysis = analysis or Analysis()
     names = analysis.metrics.names
     shown = [m.name for m in analysis.metrics.shown]
@@ -328,6 +331,7 @@ def summary_csv(
     questions = question_em.questions if question_em else []
     header += [f"{c}:{q}" for q in questions for c in per_question]
     header += judge_columns(judges) if judges is not None else []
+    header += list(capabilities.columns) if capabilities is not None else []
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -357,6 +361,9 @@ def summary_csv(
             cells += _question_cells(question_em.rates[i], questions, per_question)
         if judges is not None:
             cells += judge_cells(judges, i)
+        if capabilities is not None:
+            found = capabilities.loc[row.name] if row.name in capabilities.index else None
+            cells += [""] * len(capabilities.columns) if found is None else map(csv_number, found)
         writer.writerow(cells)
     return buffer.getvalue()
 
@@ -394,21 +401,6 @@ def _question_cells(
 
 # ---------------------------------------------------------------------------------------------
 # Writing the summary
-
-
-def _with_columns(table: str, columns: pd.DataFrame) -> str:
-    """The summary CSV `table` with `columns` (indexed by experiment) appended; empty cells for
-    rows without them (base models)."""
-    lines = list(csv.reader(io.StringIO(table)))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*lines[0], *columns.columns])
-    for cells in lines[1:]:
-        extra = columns.loc[cells[0]] if cells[0] in columns.index else None
-        writer.writerow(
-            [*cells, *(["" for _ in columns.columns] if extra is None else map(csv_number, extra))]
-        )
-    return buffer.getvalue()
 
 
 def write_summary(
@@ -451,17 +443,17 @@ def write_summary(
         references=group_references(runs),
         answers=os.path.relpath(answers_page, os.path.dirname(markdown)) if answers_page else None,
     )
-    table = summary_csv(rows, question_em, analysis, judges)
+    columns = None
     if capabilities:
         by_experiment = {e: experiment_capability_rows(f) for e, f in capabilities.items()}
         text += "\n" + "\n".join(summary_capability_lines(by_experiment)) + "\n"
-        table = _with_columns(table, summary_capability_columns(by_experiment))
+        columns = summary_capability_columns(by_experiment)
         if capabilities_plot is not None:
             em = {r.name: r.metrics["em_rate"] for r in rows if not r.is_base}
             points = em_capability_points(by_experiment, em)
             plot_em_vs_capability(points, capabilities_plot, demo=demo)
     write_text_atomic(markdown, text)
-    write_text_atomic(csv_path, table)
+    write_text_atomic(csv_path, summary_csv(rows, question_em, analysis, judges, columns))
     if judges is not None and judges_plot is not None:
         plot_judge_scores(rows, judges, judges_plot, analysis, demo=demo)
     plot_scatter(rows, plot, analysis.thresholds, alpha=analysis.alpha, demo=demo)
