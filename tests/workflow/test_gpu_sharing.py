@@ -6,16 +6,15 @@ driver), and the jobs only record what they were given.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 from conftest import REPO
+from test_gpus import run_recorded_jobs
 
 from emflow.errors import EmflowError
 from emflow.workflow.gpus import gpu_slot, jobs_per_gpu
@@ -136,49 +135,10 @@ def test_a_bad_job_count_is_one_sentence(monkeypatch, tmp_path, value):
         pass
 
 
-SNAKEFILE = """
-rule all:
-    input: expand("out/{i}.json", i=range(6))
-
-rule job:
-    output: "out/{i}.json"
-    log: "logs/{i}.log"
-    resources: gpu=1
-    script: "job.py"
-"""
-
-JOB = """
-import json, os, time
-from emflow.workflow.jobs import run_script
-
-def main():
-    start = time.time()
-    time.sleep(2.0)
-    record = {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
-    with open(snakemake.output[0], "w") as f:
-        json.dump(record, f)
-
-run_script(snakemake, main)
-"""
-
-
 def test_snakemake_runs_k_jobs_per_gpu_and_no_more(tmp_path):
     """The README's one-box command with two jobs per card on one GPU: `--resources gpu=2`."""
-    (tmp_path / "Snakefile").write_text(SNAKEFILE)
-    (tmp_path / "job.py").write_text(textwrap.dedent(JOB))
-    (tmp_path / "tmp").mkdir()
-    env = _env(tmp_path, "2") | {"EMFLOW_GPUS": "0", "TMPDIR": str(tmp_path / "tmp")}
     # No cap above the slots' own: were a third job to start, its slot lock would hold it back.
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "4"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))]
+    records = run_recorded_jobs(tmp_path, _env(tmp_path, "2") | {"EMFLOW_GPUS": "0"})
     assert len(records) == 6 and {r["gpu"] for r in records} == {"0"}
     moments = sorted({r["start"] for r in records})
     running = [sum(r["start"] <= t < r["end"] for r in records) for t in moments]

@@ -263,27 +263,29 @@ run_script(snakemake, main)
 """
 
 
-def test_snakemake_jobs_never_share_a_gpu(tmp_path):
+def run_recorded_jobs(tmp_path: Path, env: dict) -> list[dict]:
+    """Six 1.5-s GPU jobs (SNAKEFILE, JOB) under a real `snakemake --cores 4` with no
+    `--resources` cap, so that the slots alone decide; each job's GPU, start and end."""
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
     (tmp_path / "job.py").write_text(textwrap.dedent(JOB))
-    env = os.environ | {
-        "PYTHONPATH": str(REPO),
-        "EMFLOW_GPUS": "0,1",
-        "TMPDIR": str(tmp_path / "tmp"),
-    }
-    env.pop("SLURM_JOB_ID", None)
     (tmp_path / "tmp").mkdir()
-    # More cores than GPUs and no --resources cap: the slots alone keep the jobs apart.
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "4"],
         cwd=tmp_path,
-        env=env,
+        env=env | {"TMPDIR": str(tmp_path / "tmp")},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))]
+
+
+def test_snakemake_jobs_never_share_a_gpu(tmp_path):
+    env = os.environ | {"PYTHONPATH": str(REPO), "EMFLOW_GPUS": "0,1"}
+    env.pop("SLURM_JOB_ID", None)
+    # More cores than GPUs and no --resources cap: the slots alone keep the jobs apart.
+    records = run_recorded_jobs(tmp_path, env)
     assert len(records) == 6 and {r["gpu"] for r in records} == {"0", "1"}
     for i, a in enumerate(records):
         for b in records[i + 1 :]:
