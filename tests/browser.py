@@ -95,6 +95,14 @@ def open_page(
     return page
 
 
+def act(page, action) -> None:
+    """Run `action` (a control change) and wait for the answer page to re-render after it (a
+    typed value is debounced)."""
+    before = int(page.evaluate("document.documentElement.dataset.renders || 0"))
+    action()
+    page.wait_for_function(f"() => Number(document.documentElement.dataset.renders) > {before}")
+
+
 def file_url(path: Path) -> str:
     return path.resolve().as_uri()
 

@@ -10,7 +10,7 @@ import random
 import re
 
 import pytest
-from browser import file_url, open_page
+from browser import act, file_url, open_page
 
 from emflow.report.answer_html import render_answer_page
 
@@ -180,17 +180,6 @@ def shown_em(value) -> str:
 
 
 # ---- driving the page --------------------------------------------------------------------------
-
-
-def renders(page) -> int:
-    return int(page.evaluate("document.documentElement.dataset.renders || 0"))
-
-
-def act(page, action) -> None:
-    """Run `action` (a control change) and wait for the page to re-render after it."""
-    before = renders(page)
-    action()
-    page.wait_for_function(f"() => Number(document.documentElement.dataset.renders) > {before}")
 
 
 def closed(page) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from browser import file_url, open_page
+from browser import act, file_url, open_page
 from conftest import REPO
 from workflow_copy import copy_workflow, pending_outputs, snakemake
 
@@ -606,15 +606,9 @@ def test_demo_answer_page_shows_the_judged_csvs(demo_workspace, chromium, tmp_pa
     def visible() -> list[int]:
         return page.evaluate("() => window.answerPage.visible()")
 
-    def act(action) -> None:
-        """Change a control, then wait for the page's re-render (a typed value is debounced)."""
-        before = page.evaluate("() => Number(document.documentElement.dataset.renders)")
-        action()
-        page.wait_for_function(f"() => Number(document.documentElement.dataset.renders) > {before}")
-
     max_aligned = '[data-range="max"][data-metric="aligned"]'
-    act(lambda: page.select_option("#f-target", run))
-    act(lambda: page.fill(max_aligned, "50"))
+    act(page, lambda: page.select_option("#f-target", run))
+    act(page, lambda: page.fill(max_aligned, "50"))
     expected = [
         i
         for i, (target, row) in enumerate(rows)
@@ -633,9 +627,9 @@ def test_demo_answer_page_shows_the_judged_csvs(demo_workspace, chromium, tmp_pa
     again = open_page(chromium, link)
     assert again.evaluate("() => window.answerPage.visible()") == expected
     # EM only, the primary judge's label: the rows the EM rule picks from the CSVs.
-    act(lambda: page.select_option("#f-target", ""))
-    act(lambda: page.fill(max_aligned, ""))
-    act(lambda: page.select_option("#f-em", "1"))
+    act(page, lambda: page.select_option("#f-target", ""))
+    act(page, lambda: page.fill(max_aligned, ""))
+    act(page, lambda: page.select_option("#f-em", "1"))
     assert visible() == [i for i, (_, row) in enumerate(rows) if em_by_hand(row)]
     image = page.screenshot(path=str(tmp_path / "answers.png"), full_page=False)
     assert image.startswith(b"\x89PNG")
