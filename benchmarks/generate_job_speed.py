@@ -6,7 +6,9 @@ Snakemake generate job does, each figure in a fresh process counted from after t
 prompts, generating, decoding and writing the CSV. The model has Llama-3.2-1B's exact shape with
 random weights and the word-level tokenizer of benchmarks/train_speed.py; the questions are the
 homework's (config/questions). Random weights can emit an end-of-turn token; both backends
-then stop that row alike.
+then stop that row alike. `--backends fast_before,fast` also times the fast backend as it was
+before issue 26 (SDPA attention over the cache, sampling over the whole vocabulary) in the same
+call.
 
 `--adapters N[,M]` adds the many-adapters figure: N random rank-16 LoRA adapters on all seven
 projections (as the seed's runs train them), 20 questions x 10 samples x 200 tokens each,
@@ -52,10 +54,15 @@ def child(model_dir: str, backend: str, workload: str, device: str, adapters: st
     from emflow.generate.settings import GenerationSettings
     from emflow.questions import read_question_sets
 
+    if backend == "fast_before":  # the fast backend before issue 26, as a same-call baseline
+        from emflow.generate import fast_decode, sampling
+
+        fast_decode.DECODE_ATTENTION = "sdpa"  # torch's SDPA with a mask, not the Triton kernel
+        sampling.CANDIDATE_LIMIT = 0  # warpers and draw over the whole vocabulary
     started = time.perf_counter()
     questions, samples, tokens = (int(x) for x in workload.split("x"))
     settings = GenerationSettings(
-        backend=backend,
+        backend=backend.removesuffix("_before"),
         max_new_tokens=tokens,
         samples_per_question=samples,
         batch_size=1000,

@@ -354,8 +354,9 @@ def probe(model_dir: str, variant: str) -> dict[str, Any]:
 def profile_steps(model_dir: str) -> dict[str, Any]:
     """ms per replayed decode step of 1000 rows (20 x 50), per attention variant and cache length.
 
-    Also: the same step with attention skipped (the rest of the step), with top_k off, and the
-    largest kernels of one eager step by CUDA time.
+    Also: top_k 50 sampled over the whole vocabulary against over its candidates, the step with
+    attention skipped (the rest of the step), with top_k off, greedy, and the largest kernels of
+    one eager step by CUDA time (the default attention and sampling).
     """
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -372,10 +373,12 @@ def profile_steps(model_dir: str) -> dict[str, Any]:
         batch = gf._Batch(decoder, prompts, 800, set(), PAD)
         gen = torch.Generator(device="cuda").manual_seed(0)
 
-        def timed(kv_len: int, sampling: gf.Sampling) -> float:
+        def timed(kv_len: int, sampling: gf.Sampling, candidates: bool = True) -> float:
+            width = gf.candidate_width(sampling) if candidates else None
+
             def step() -> None:
                 batch.slot.fill_(kv_len - 1)
-                gf._decode_step(decoder, batch, sampling, gen, kv_len)
+                gf._decode_step(decoder, batch, sampling, gen, kv_len, width)
 
             step()  # eager warm-up
             graph = torch.cuda.CUDAGraph()
@@ -392,22 +395,24 @@ def profile_steps(model_dir: str) -> dict[str, Any]:
             return round(start.elapsed_time(end) / 20, 2)
 
         top50 = gf.Sampling(1.0, 1.0, 50)
-        for variant in ("sdpa", "bmm_q"):
+        default = decoder.attention
+        for variant in ("sdpa", "bmm_q", "triton"):
             decoder.attention = variant
-            for kv_len in (384, 768):
-                out[f"{variant} kv{kv_len}"] = timed(kv_len, top50)
-        decoder.attention = "sdpa"
-        out["sdpa kv384 top_k off"] = timed(384, gf.Sampling(1.0, 1.0, None))
-        out["sdpa kv384 greedy"] = timed(384, gf.Sampling(0.0))
+            for kv_len in (128, 384, 768):
+                out[f"{variant} kv{kv_len} top_k 50, vocabulary"] = timed(kv_len, top50, False)
+                out[f"{variant} kv{kv_len} top_k 50, candidates"] = timed(kv_len, top50)
+        decoder.attention = default
+        out[f"{default} kv384 top_k off"] = timed(384, gf.Sampling(1.0, 1.0, None))
+        out[f"{default} kv384 greedy"] = timed(384, gf.Sampling(0.0))
         real_attend = decoder.attend
-        decoder.attend = lambda q, k, v, mask: q  # the step without attention
-        out["no attention kv384"] = timed(384, top50)
+        decoder.attend = lambda q, *rest: q  # the step without attention
+        out["no attention kv384, candidates"] = timed(384, top50)
         decoder.attend = real_attend
         batch.slot.fill_(767)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            gf._decode_step(decoder, batch, top50, gen, 768)
+            gf._decode_step(decoder, batch, top50, gen, 768, gf.candidate_width(top50))
             torch.cuda.synchronize()
-        out["kernels_sdpa_kv768"] = prof.key_averages().table(
+        out[f"kernels_{default}_kv768"] = prof.key_averages().table(
             sort_by="cuda_time_total", row_limit=14, max_name_column_width=60
         )
     return out

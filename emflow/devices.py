@@ -6,9 +6,13 @@ backend, so each error names the key the user wrote).
 
 from __future__ import annotations
 
+import os
+
 from emflow.errors import EmflowError
 
 DEVICES = ("auto", "cpu", "cuda")
+# How many jobs may share one GPU at once (emflow.workflow.gpus); 1 keeps each job's GPU its own.
+JOBS_PER_GPU_VARIABLE = "EMFLOW_JOBS_PER_GPU"
 
 
 def resolve_device(device: str, key: str) -> str:
@@ -33,3 +37,20 @@ def resolve_backend(backend: str, device: str, backends: tuple[str, ...], key: s
     if backend == "auto":
         return "fast" if device == "cuda" else "hf"
     return backend
+
+
+def jobs_per_gpu() -> int:
+    """How many jobs may hold one GPU at once: EMFLOW_JOBS_PER_GPU, default 1.
+
+    The GPU slots (emflow.workflow.gpus) read it to share a card, and the decode loop to keep
+    to its share of the card's memory.
+    """
+    value = os.environ.get(JOBS_PER_GPU_VARIABLE, "").strip()
+    if not value:
+        return 1
+    if not value.isdigit() or int(value) < 1:
+        raise EmflowError(
+            f"{JOBS_PER_GPU_VARIABLE}={value} is not a whole number of jobs of 1 or more; set it "
+            "to how many jobs may share one GPU (2, say), or unset it for one job per GPU."
+        )
+    return int(value)

@@ -11,10 +11,15 @@ left-padded batch, and schedules it with less work per token:
 - one decode step (all layers, the head, sampling, end-of-sequence bookkeeping) is captured once
   per batch and cache-length bucket as a CUDA graph and replayed, so a step costs one launch and
   no host synchronisation; on a CPU the same step runs eagerly;
+- on a GPU, a step attends over the cache with a Triton kernel of emflow's
+  (emflow.generate.decode_attention) that reads each row's own slots only, not the padding;
 - sampling runs on the device with transformers' semantics: TemperatureLogitsWarper, then
   TopKLogitsWarper, then TopPLogitsWarper, softmax, and `torch.multinomial`'s own one-sample
   algorithm (argmax of probs / Exp(1) noise, which is what `torch.multinomial(probs, 1)` computes,
   written out because `torch.multinomial` synchronises with the host and cannot be captured).
+  With top_k set (`generate`'s default 50), the warpers and the draw run over each row's top
+  candidates instead of the whole vocabulary: the same kept tokens and probabilities, a
+  different random stream (emflow.generate.sampling).
 
 What stays transformers': the model's own modules (embedding, RMSNorms, projections, MLP
 activation, rotary embedding, head) compute every number; only the attention over the cache and
@@ -31,15 +36,17 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
+from emflow.devices import jobs_per_gpu
 from emflow.generate.fast_model import Decoder, KVCache
-from emflow.generate.sampling import Sampling, pick_tokens
+from emflow.generate.sampling import Sampling, candidate_width, pick_candidates, pick_tokens
 
-# How a decode step attends over the cache: "sdpa" (torch's scaled_dot_product_attention with a
-# mask; scores in float32 inside the kernel) or "bmm_q" (q @ K^T, softmax, @ V: transformers'
-# eager arithmetic, scores rounded to the model dtype). On an H200 at 1000 rows bmm_q is ~8%
-# faster, but in bfloat16 its rounded scores part most greedy rows from `generate` within 40
-# tokens (sdpa: a few percent); benchmarks/README.md has the numbers.
-DECODE_ATTENTION = "sdpa"
+# How a decode step attends over the cache: "triton" (emflow.generate.decode_attention: reads only
+# each row's own slots; scores and softmax in float32), "sdpa" (torch's scaled_dot_product_attention
+# with a mask; float32 scores inside the kernel), "bmm_q" (q @ K^T, softmax, @ V: transformers'
+# eager arithmetic, scores rounded to the model dtype; in bfloat16 that parts most greedy rows
+# from `generate` within 40 tokens), or "auto": triton on a GPU where it runs, else sdpa.
+# benchmarks/README.md has the numbers.
+DECODE_ATTENTION = "auto"
 KV_BUCKET = 128  # decode attends over the cache in slices of this many slots: few graph shapes
 PREFILL_TOKENS = 16384  # padded prompt tokens per prefill chunk: bounds activation memory
 STOP_CHECK_EVERY = 32  # decode steps between host checks that every row has finished
@@ -65,19 +72,29 @@ def bytes_per_row(decoder: Decoder, slots: int, sampling: Sampling) -> int:
     softmax, noise and quotient (about 24 bytes per vocabulary entry), and with top-k/top-p the
     sort's values and int64 indices, cumulative sums and masks (about 32 more).
     """
+    # Counted for the whole-vocabulary path even where candidates are drawn: a batch whose
+    # candidates overflow is decoded again that way, in the same memory.
     per_vocab = 24 + (32 if sampling.top_p < 1.0 or sampling.top_k else 0)
     activations = 8 * (decoder.hidden + decoder.intermediate) * decoder.dtype.itemsize
     return slots * decoder.kv_bytes_per_slot + decoder.vocab * per_vocab + activations
 
 
 def rows_that_fit(decoder: Decoder, slots: int, sampling: Sampling) -> int:
-    """Decode rows whose cache and step buffers fit in the GPU memory free now."""
+    """Decode rows whose cache and step buffers fit in the GPU memory free now.
+
+    With EMFLOW_JOBS_PER_GPU=K (jobs sharing the card), at most a K-th of the card: jobs that
+    start later on the same card must find their share free.
+    """
     import torch
 
     device = decoder.device
-    free, _ = torch.cuda.mem_get_info(device)
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
     # Blocks torch has cached but not handed out are free for our purposes too.
-    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    free += torch.cuda.memory_reserved(device) - allocated
+    sharing = jobs_per_gpu()
+    if sharing > 1:
+        free = min(free, total // sharing - allocated)
     # A prefill chunk's activations: about ten hidden-or-MLP-sized tensors per padded token.
     prefill = PREFILL_TOKENS * 10 * (decoder.hidden + decoder.intermediate) * decoder.dtype.itemsize
     usable = free * MEMORY_SHARE - prefill - 2**30
@@ -134,6 +151,8 @@ class _Batch:
         self.out = torch.full((self.rows, max_new_tokens), pad_token_id, device=device)
         self.pad = torch.tensor(pad_token_id, device=device)
         self.eos = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=device)
+        # Rows whose top-k candidates may have missed a tied score (emflow.generate.sampling).
+        self.overflow = torch.zeros(self.rows, dtype=torch.bool, device=device)
 
     def accept(self, tokens, column) -> None:
         """Record each row's new token (pad once finished) in output `column`, a [1] tensor."""
@@ -184,31 +203,50 @@ def _step_logits(decoder: Decoder, batch: _Batch, kv_len: int):
     positions = batch.slot - batch.start  # the slot's position in each row's own sequence
     cos = batch.cos.index_select(0, positions)[:, None]  # [B, 1, d]: broadcast over heads
     sin = batch.sin.index_select(0, positions)[:, None]
-    keys = batch.key_slots[:kv_len]
-    # A row sees its own prompt (from its start) and everything generated up to this slot.
-    mask = (keys[None, :] >= batch.start[:, None]) & (keys[None, :] <= batch.slot)
+    mask = None
+    if decoder.attention != "triton":  # the kernel reads start and slot itself
+        keys = batch.key_slots[:kv_len]
+        # A row sees its own prompt (from its start) and everything generated up to this slot.
+        mask = (keys[None, :] >= batch.start[:, None]) & (keys[None, :] <= batch.slot)
+        mask = mask[:, None, None, :]
     return decoder.decode(
-        batch.tokens, cos, sin, batch.cache, batch.slot, mask[:, None, None, :], kv_len
+        batch.tokens, cos, sin, batch.cache, batch.slot, batch.start, mask, kv_len
     )
 
 
+def _pick(batch: _Batch, logits, sampling: Sampling, generator, width: int | None):
+    """Each row's next token: over the top candidates where `width` is set, else the vocabulary."""
+    if width is None:
+        return pick_tokens(logits, sampling, generator)
+    tokens, overflow = pick_candidates(logits, sampling, generator, width)
+    batch.overflow |= overflow & ~batch.done  # a finished row's token is discarded anyway
+    return tokens
+
+
 def _decode_step(
-    decoder: Decoder, batch: _Batch, sampling: Sampling, generator, kv_len: int
+    decoder: Decoder,
+    batch: _Batch,
+    sampling: Sampling,
+    generator,
+    kv_len: int,
+    width: int | None = None,
 ) -> None:
     """One token for every row, entirely on the device (this is what a CUDA graph holds)."""
     logits = _step_logits(decoder, batch, kv_len)
     column = batch.slot - (batch.longest - 1)  # the slot after the prompt produces column 1
-    batch.accept(pick_tokens(logits, sampling, generator), column)
+    batch.accept(_pick(batch, logits, sampling, generator, width), column)
     batch.slot += 1
 
 
 class _Stepper:
     """Runs decode steps: eagerly on a CPU, as replayed CUDA graphs (one per kv_len) on a GPU."""
 
-    def __init__(self, decoder: Decoder, batch: _Batch, sampling: Sampling, generator) -> None:
+    def __init__(
+        self, decoder: Decoder, batch: _Batch, sampling: Sampling, generator, width: int | None
+    ) -> None:
         import torch
 
-        self.step = lambda kv_len: _decode_step(decoder, batch, sampling, generator, kv_len)
+        self.step = lambda kv_len: _decode_step(decoder, batch, sampling, generator, kv_len, width)
         self.cuda = decoder.device.type == "cuda"
         self.generator = generator
         self.graphs: dict[int, Any] = {}
@@ -266,7 +304,35 @@ def _run_batch(
     pad_token_id: int,
     stats: dict[str, Any],
 ) -> list[list[int]]:
-    """Prefill and decode one batch; each row's tokens up to and including its first EOS."""
+    """Prefill and decode one batch; each row's tokens up to and including its first EOS.
+
+    Sampling draws among each row's top candidates (emflow.generate.sampling). Should a row's
+    tie at the k-th score have run past them, the batch is decoded again over the whole
+    vocabulary from the same random state, so no token is ever drawn from a wrong set.
+    """
+    width = candidate_width(sampling)
+    state = generator.get_state() if width is not None else None
+    args = (decoder, prompts, max_new_tokens, sampling, generator, eos_token_ids, pad_token_id)
+    rows, overflowed = _decode_batch(*args, stats, width)
+    if overflowed:
+        generator.set_state(state)
+        stats["candidate_fallbacks"] = stats.get("candidate_fallbacks", 0) + 1
+        rows, _ = _decode_batch(*args, stats, None)
+    return rows
+
+
+def _decode_batch(
+    decoder: Decoder,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    sampling: Sampling,
+    generator,
+    eos_token_ids: set[int],
+    pad_token_id: int,
+    stats: dict[str, Any],
+    width: int | None,
+) -> tuple[list[list[int]], bool]:
+    """One batch's tokens, and whether a row's candidates overflowed (see _run_batch)."""
     import torch
 
     sync = torch.cuda.synchronize if decoder.device.type == "cuda" else (lambda: None)
@@ -274,12 +340,12 @@ def _run_batch(
     batch = _Batch(decoder, prompts, max_new_tokens, eos_token_ids, pad_token_id)
     first = _prefill_batch(decoder, batch, prompts)
     batch.accept(
-        pick_tokens(first, sampling, generator),
+        _pick(batch, first, sampling, generator, width),
         torch.zeros(1, dtype=torch.long, device=decoder.device),
     )
     sync()
     t1 = time.perf_counter()
-    stepper = _Stepper(decoder, batch, sampling, generator)
+    stepper = _Stepper(decoder, batch, sampling, generator, width)
     steps = 0
     streams = torch.cuda.stream(stepper.stream) if stepper.cuda else nullcontext()
     if stepper.cuda:
@@ -294,6 +360,7 @@ def _run_batch(
     if stepper.cuda:
         torch.cuda.current_stream(decoder.device).wait_stream(stepper.stream)
     out = batch.out.tolist()
+    overflowed = bool(batch.overflow.any())
     t2 = time.perf_counter()
     stats["prefill_s"] = stats.get("prefill_s", 0.0) + t1 - t0
     stats["decode_s"] = stats.get("decode_s", 0.0) + t2 - t1
@@ -302,7 +369,7 @@ def _run_batch(
     stats["graphs"] = stats.get("graphs", 0) + len(stepper.graphs)
     stats.setdefault("batch_rows", []).append(len(prompts))
     stats["cache_slots"] = max(stats.get("cache_slots", 0), batch.slots)
-    return [_until_eos(row, eos_token_ids) for row in out]
+    return [_until_eos(row, eos_token_ids) for row in out], overflowed
 
 
 def _until_eos(tokens: list[int], eos_token_ids: set[int]) -> list[int]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from emflow.generate.decode_attention import decode_attention, supports_triton
+
 
 class UnsupportedModel(ValueError):
     """The model is not a Llama-style decoder that this loop reproduces exactly."""
@@ -93,7 +95,10 @@ class Decoder:
         self.vocab = self.lm_head.weight.shape[0]
         self.hidden = self.embed.weight.shape[1]
         self.intermediate = self.layers[0].intermediate
-        # How a decode step attends over the cache (emflow.generate.fast_decode.DECODE_ATTENTION).
+        # How a decode step attends over the cache (emflow.generate.fast_decode.DECODE_ATTENTION):
+        # "auto" is the Triton kernel where it runs (a CUDA device, a power-of-two head size).
+        if attention == "auto":
+            attention = "triton" if supports_triton(self.device, self.head_dim) else "sdpa"
         self.attention = attention
 
     @property
@@ -174,11 +179,15 @@ class Decoder:
             x = self._mlp(layer, x)
         return self.lm_head(self.norm(x[:, -1])).float()
 
-    def decode(self, tokens, cos, sin, cache: KVCache, slot, mask, kv_len: int):
-        """One new token per row [B] at cache slot `slot` -> float32 logits [B, vocab].
+    def decode(self, tokens, cos, sin, cache: KVCache, slot, start, mask, kv_len: int):
+        """One new token per row [B] at cache slot `slot` -> logits [B, vocab] in the model dtype.
 
-        Queries are grouped by the key/value head they share ([B, kv_heads, groups, d]), so
-        attention reads each cached key once per kv head instead of once per query head.
+        Row b attends to the slots [start[b], slot]; `mask` ([B, 1, 1, kv_len], True where a
+        row may look) says the same for the torch attentions, and is None for "triton", which
+        reads start and slot itself. Queries are grouped by the key/value head they share
+        ([B, kv_heads, groups, d]), so attention reads each cached key once per kv head instead
+        of once per query head. The logits stay in the model dtype (generate converts them to
+        float32; the sampler does, after choosing its candidates).
         """
 
         rows = tokens.shape[0]
@@ -193,20 +202,24 @@ class Decoder:
                 keys[:, :, :kv_len],
                 values[:, :, :kv_len],
                 mask,
+                start,
+                slot,
             )
             x = x + layer.o_proj(attn.reshape(rows, -1))
             x = self._mlp(layer, x)
-        return self.lm_head(self.norm(x)).float()
+        return self.lm_head(self.norm(x))
 
-    def attend(self, q, keys, values, mask):
+    def attend(self, q, keys, values, mask, start, slot):
         """Attention of grouped queries [B, kv, g, d] over keys/values [B, kv, L, d].
 
-        mask [B, 1, 1, L] is True where a row may look. Every row sees at least its prompt, so
-        no softmax row is empty.
+        mask [B, 1, 1, L] is True where a row may look (None for "triton": rows see [start[b],
+        slot]). Every row sees at least its prompt, so no softmax row is empty.
         """
         import torch
         import torch.nn.functional as F
 
+        if self.attention == "triton":
+            return decode_attention(q, keys, values, start, slot, self.scaling)
         if self.attention == "sdpa":
             return F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=mask, scale=self.scaling

@@ -14,7 +14,8 @@ What changes is only how that arithmetic is scheduled:
 - the decoder layers below the lowest adapted layer are frozen and see the same rows every epoch:
   their output is computed once per row and kept, and backward stops at the lowest adapted layer
   (no gradient checkpointing, no input-gradient hook);
-- the language-model head runs only on positions that carry a label.
+- the language-model head runs only on positions that carry a label (with CUDA graphs: the
+  layers' graph per row length, then the head, eagerly, on the labelled positions gathered).
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ from emflow.train.kl import KLRegularizer
 log = logging.getLogger("emflow.train")
 
 BUCKET = 32  # row lengths are padded up to a multiple of this: few shapes, little padding
+# With CUDA graphs, where the head runs: "labelled" (after the layers' graph, eagerly, on the
+# positions that carry a label: a few large kernels, so launching them costs nothing, and one
+# shape per label count would need a graph, and its memory, each) or "dense" (every position, in
+# the layers' graph: prompt and padding positions too, about half of a step's head work on the
+# seed's rows). benchmarks/README.md.
+GRAPHED_HEAD = "labelled"
 
 
 def lowest_adapted_layer(model) -> int:
@@ -94,6 +101,20 @@ class _Model:
                 )
         return loss, keep.sum(), tail
 
+    def normed_upper(self, hidden, position_ids):
+        """The adapted layers and the final norm: what the head reads at every position."""
+        return self.backbone.norm(self.upper(hidden, position_ids))
+
+    def head_loss_sum(self, normed, targets):
+        """Summed cross-entropy of the head over normed hidden states [n, hidden] and their
+        targets [n] (-100 adds zero)."""
+        import torch
+
+        logits = self.lm_head(normed).float()
+        return torch.nn.functional.cross_entropy(
+            logits, targets, ignore_index=-100, reduction="sum"
+        )
+
     def dense_loss_sum(self, hidden, labels, position_ids, tail_labels=None):
         """The same sum as `loss_sum`, over every position (ignored ones add zero): fixed shapes
         for CUDA graphs, at the cost of running the head on prompt and padding positions too.
@@ -134,29 +155,59 @@ class _GraphedSteps:
         # Graph capture needs autocast's weight-cast cache off.
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False)
 
-    def _capture(self, *inputs):
+    def _capture(self, function, inputs, trainable):
+        """`function(*inputs)` and its backward as CUDA graphs; `trainable` are the weights it
+        differentiates besides its inputs."""
         import torch
-
-        parts, trainable = self.parts, self.trainable
 
         class Step(torch.nn.Module):
             def parameters(self, recurse=True):
                 return iter(trainable)
 
             def forward(self, *inputs):
-                return parts.dense_loss_sum(*inputs)
+                return function(*inputs)
 
+        # Captured on stand-ins that are leaves: an input that is the output of another graph
+        # carries that graph's history, which the capture must not walk into.
+        samples = tuple(
+            x.detach().requires_grad_() if x.requires_grad else x.detach() for x in inputs
+        )
         with self._autocast():
-            return torch.cuda.make_graphed_callables(Step(), inputs)
+            return torch.cuda.make_graphed_callables(Step(), samples)
 
-    def loss_sum(self, hidden, labels, positions, tail_labels=None):
-        """`dense_loss_sum` replayed; with `tail_labels` (the KL term's log) a graph of its own."""
-        inputs = (hidden, labels, positions) + (() if tail_labels is None else (tail_labels,))
-        key = (hidden.shape[1], tail_labels is not None)
+    def _replay(self, key, function, inputs, trainable):
         if key not in self.graphs:
-            self.graphs[key] = self._capture(*inputs)
+            self.graphs[key] = self._capture(function, inputs, trainable)
         with self._autocast():
             return self.graphs[key](*inputs)
+
+    def loss_sum(self, hidden, labels, positions, tail_labels=None, labelled: int | None = None):
+        """The summed loss of the step's rows, replayed from graphs.
+
+        With `labelled` (the number of positions that carry a label, counted on the host) and
+        GRAPHED_HEAD "labelled": the layers' graph for this row length, then the head, eagerly,
+        over exactly the labelled positions. Otherwise, and with `tail_labels` (the KL term's
+        log), `dense_loss_sum` as one graph.
+        """
+        import torch
+
+        if labelled is None or tail_labels is not None or GRAPHED_HEAD != "labelled":
+            inputs = (hidden, labels, positions) + (() if tail_labels is None else (tail_labels,))
+            key = ("dense", hidden.shape[1], tail_labels is not None)
+            return self._replay(key, self.parts.dense_loss_sum, inputs, self.trainable)
+        normed = self._replay(
+            ("layers", hidden.shape[1]),
+            self.parts.normed_upper,
+            (hidden, positions),
+            self.trainable,
+        )
+        targets = labels[:, 1:].flatten()
+        # The labelled positions, in order (a stable sort of the ignored-position flags puts
+        # them first): their count comes from the host, so no synchronisation.
+        order = torch.argsort((targets == -100).to(torch.int8), stable=True)[:labelled]
+        selected = normed[:, :-1].flatten(0, 1).index_select(0, order)
+        with self._autocast():
+            return self.parts.head_loss_sum(selected, targets[order])
 
 
 class _Reporter:
@@ -278,6 +329,8 @@ def fast_train(
                 flat_hidden[offsets[i] : offsets[i + 1]] = hidden[j, : lengths[i]]
     offsets_t = torch.tensor(offsets[:-1], device=device)
     lengths_t = torch.tensor(lengths, device=device)
+    # Positions of each row whose next token is a label: what the head must score.
+    labelled = [sum(t != -100 for t in e["labels"][1:]) for e in train_examples]
     log.info(
         "fast path: layers below %d computed once for %d rows in %.1f s",
         parts.first,
@@ -329,7 +382,13 @@ def fast_train(
         labels = flat_labels[gather]
         tail_labels = None if fast_kl is None else fast_kl.tail_labels(labels)
         if graphed is not None:
-            out = graphed.loss_sum(flat_hidden[gather], labels, positions[None], tail_labels)
+            out = graphed.loss_sum(
+                flat_hidden[gather],
+                labels,
+                positions[None],
+                tail_labels,
+                labelled=sum(labelled[i] for i in order[rows]),
+            )
             loss_sum, tail_sum = out if tail_labels is not None else (out, None)
             count = (labels[:, 1:] != -100).sum()
         else:

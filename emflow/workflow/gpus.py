@@ -10,8 +10,10 @@ Several jobs per GPU: EMFLOW_JOBS_PER_GPU=K (default 1) gives each GPU K slots, 
 `--resources gpu=<GPUs x K>` runs K GPU jobs on each card at once (small models leave most of a
 card idle, and a memory-bound generation beside a compute-bound training fills it better). Slot
 0 of a GPU is `<GPU>.lock`, as with one job per GPU, and slot k > 0 is `<GPU>.<k>.lock`; a job
-takes slot 0 of every GPU before slot 1 of any, so jobs spread over the cards first. Nothing
-checks that K jobs fit in a card's memory: choose K from a measurement (benchmarks/README.md).
+takes slot 0 of every GPU before slot 1 of any, so jobs spread over the cards first. The fast
+decode loop, the one stage that sizes itself from free memory, then keeps to a K-th of the card
+(emflow.generate.fast_decode.rows_that_fit); a training's memory is fixed by its config. Choose
+K from a measurement (benchmarks/README.md).
 
 Which GPUs a job chooses from: EMFLOW_GPUS if set, else CUDA_VISIBLE_DEVICES (as CUDA reads it:
 the entries before the first it cannot parse), else every GPU nvidia-smi lists. The lock dir is
@@ -53,6 +55,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from emflow.devices import jobs_per_gpu
 from emflow.errors import EmflowError
 
 log = logging.getLogger("emflow.gpus")
@@ -62,8 +65,6 @@ log = logging.getLogger("emflow.gpus")
 GPUS_VARIABLE = "EMFLOW_GPUS"
 # Where the slot locks live; must be on this machine (an index names a GPU of this machine).
 LOCK_DIR_VARIABLE = "EMFLOW_GPU_LOCK_DIR"
-# How many jobs may share one GPU at once; 1 keeps each job's GPU its own.
-JOBS_PER_GPU_VARIABLE = "EMFLOW_JOBS_PER_GPU"
 DEFAULT_LOCK_DIR = Path(tempfile.gettempdir()) / f"emflow-gpu-slots-{os.getuid()}"
 
 # The entries CUDA_VISIBLE_DEVICES takes: an index, a GPU UUID (or a prefix of one), a MIG id
@@ -97,19 +98,6 @@ def visible_gpus() -> list[str]:
             gpus.append(gpu)
         return gpus
     return list(_nvidia_smi_uuids())
-
-
-def jobs_per_gpu() -> int:
-    """How many jobs may hold one GPU at once: EMFLOW_JOBS_PER_GPU, default 1."""
-    value = os.environ.get(JOBS_PER_GPU_VARIABLE, "").strip()
-    if not value:
-        return 1
-    if not value.isdigit() or int(value) < 1:
-        raise EmflowError(
-            f"{JOBS_PER_GPU_VARIABLE}={value} is not a whole number of jobs of 1 or more; set it "
-            "to how many jobs may share one GPU (2, say), or unset it for one job per GPU."
-        )
-    return int(value)
 
 
 def _slot_name(lock_name: str, slot: int) -> str:
