@@ -19,10 +19,11 @@ deadline is left.
 Then, unless `--alone-steps 0`, each experiment's training alone on the GPU, one after another,
 each in its own process through emflow's train entry point (the train rule's fast path) on the
 same rows: `max_steps` W once discarded (the process's one-time costs), W (warm-up: graph
-captures, first evaluation) and then W + N in the same process; (time of W + N steps - time of W steps) / N is its ms a step alone after warm-up, which
-with N = 100 holds one held-out evaluation and one checkpoint, as the full training has every 100
-steps. Projected to each experiment's full step count, their sum is "the trainings alone"; issue
-26's goal is end to end <= 1.15x of it. No alone training starts after the deadline.
+captures, first evaluation) and then W + N in the same process; (time of W + N steps - time of
+W steps) / N is its ms a step alone after warm-up, which with N = 100 holds one held-out
+evaluation and one checkpoint, as the full training has every 100 steps. Projected to each
+experiment's full step count, their sum is "the trainings alone"; issue 26's goal is end to end
+<= 1.15x of it. No alone training starts after the deadline.
 
 Writes OUT_DIR/timeline.json (each setting: end to end, each job's start, end and GPU from
 Snakemake's log and the job's own log, the train and generate jobs' own times from their
