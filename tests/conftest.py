@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,15 @@ import pytest
 from browser import chromium  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(*args, timeout=600) -> str:
+    """`python <args>` from the repo root (a benchmark's smoke mode); its stdout if it exits 0."""
+    result = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
 
 
 @pytest.fixture(scope="session")

@@ -3,18 +3,7 @@
 They print timings and ratios; nothing here asserts a speed.
 """
 
-import subprocess
-import sys
-
-from conftest import REPO
-
-
-def run(*args, timeout=600):
-    result = subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+from conftest import run_benchmark as run
 
 
 def test_train_speed_smoke():

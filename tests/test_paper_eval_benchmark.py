@@ -3,33 +3,22 @@ as the judge job writes it. It prints timings; nothing here asserts a speed or a
 
 import csv
 import json
-import subprocess
-import sys
 
-from conftest import REPO
+from conftest import run_benchmark
 
 
 def test_paper_eval_smoke(tmp_path):
     out_json = tmp_path / "numbers.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/paper_eval.py",
-            "--smoke",
-            "--model-dir",
-            str(tmp_path / "model"),
-            "--work-dir",
-            str(tmp_path / "work"),
-            "--out",
-            str(out_json),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = run_benchmark(
+        "benchmarks/paper_eval.py",
+        "--smoke",
+        "--model-dir",
+        str(tmp_path / "model"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+        str(out_json),
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    out = result.stdout
     assert out.startswith("machine: CPU")
     for part in ("load", "generation", "judging", "writing"):
         assert f"\nsplit {part}: " in out

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_benchmark
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import train_profile  # noqa: E402  (a script folder, not a package)
@@ -75,23 +74,9 @@ def test_summary_counts_overlapping_kernels_once():
 def test_benchmark_smoke(tmp_path):
     """`--smoke` trains the fast path on the CPU, profiles it, prints and writes the tables."""
     config = REPO / "experiments/risky_financial_advice/r1_1ep/config.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/train_profile.py",
-            "--smoke",
-            "--config",
-            str(config),
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = run_benchmark(
+        "benchmarks/train_profile.py", "--smoke", "--config", str(config), "--out", str(tmp_path)
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    out = result.stdout
     assert "machine:" in out and "category" in out and "top kernels" in out
     assert "matmul" in out and "idle gap" in out
     report = json.loads((tmp_path / "risky_financial_advice__r1_1ep.json").read_text())
