@@ -303,36 +303,10 @@ def _run_batch(
     eos_token_ids: set[int],
     pad_token_id: int,
     stats: dict[str, Any],
-) -> list[list[int]]:
-    """Prefill and decode one batch; each row's tokens up to and including its first EOS.
-
-    Sampling draws among each row's top candidates (emflow.generate.sampling). Should a row's
-    tie at the k-th score have run past them, the batch is decoded again over the whole
-    vocabulary from the same random state, so no token is ever drawn from a wrong set.
-    """
-    width = candidate_width(sampling)
-    state = generator.get_state() if width is not None else None
-    args = (decoder, prompts, max_new_tokens, sampling, generator, eos_token_ids, pad_token_id)
-    rows, overflowed = _decode_batch(*args, stats, width)
-    if overflowed:
-        generator.set_state(state)
-        stats["candidate_fallbacks"] = stats.get("candidate_fallbacks", 0) + 1
-        rows, _ = _decode_batch(*args, stats, None)
-    return rows
-
-
-def _decode_batch(
-    decoder: Decoder,
-    prompts: list[list[int]],
-    max_new_tokens: int,
-    sampling: Sampling,
-    generator,
-    eos_token_ids: set[int],
-    pad_token_id: int,
-    stats: dict[str, Any],
     width: int | None,
 ) -> tuple[list[list[int]], bool]:
-    """One batch's tokens, and whether a row's candidates overflowed (see _run_batch)."""
+    """Prefill and decode one batch: each row's tokens up to and including its first EOS, and
+    whether a row's top-`width` candidates overflowed (see generate_tokens)."""
     import torch
 
     sync = torch.cuda.synchronize if decoder.device.type == "cuda" else (lambda: None)
@@ -430,9 +404,14 @@ def generate_tokens(
         if not sampling.greedy:
             generator = torch.Generator(device=decoder.device)
             generator.manual_seed(seed)
+        # Sampling draws among each row's top candidates (emflow.generate.sampling). Should a
+        # row's tie at the k-th score have run past them, its batch is decoded again over the
+        # whole vocabulary from the same random state: no token is drawn from a wrong set.
+        width = candidate_width(sampling)
         results: list[list[int]] = [[] for _ in prompts]
         for indices in plan_batches(lengths, rows):
-            tokens = _run_batch(
+            state = generator.get_state() if width is not None else None
+            args = (
                 decoder,
                 [prompts[i] for i in indices],
                 max_new_tokens,
@@ -442,6 +421,11 @@ def generate_tokens(
                 pad_token_id,
                 stats,
             )
+            tokens, overflowed = _run_batch(*args, width)
+            if overflowed:
+                generator.set_state(state)
+                stats["candidate_fallbacks"] = stats.get("candidate_fallbacks", 0) + 1
+                tokens, _ = _run_batch(*args, None)
             for i, row in zip(indices, tokens, strict=True):
                 results[i] = row
     stats["rows"] = len(prompts)

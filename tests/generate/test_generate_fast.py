@@ -194,6 +194,23 @@ def test_same_seed_same_tokens():
     assert first[1] != first[-1]
 
 
+def test_overflowing_candidates_decode_the_batch_again_over_the_vocabulary(monkeypatch):
+    """With no spare candidates every row's last candidate ties the k-th score, so every batch
+    overflows: it is decoded again from the same random state, exactly as the whole-vocabulary
+    path decodes it."""
+    import emflow.generate.sampling as sampling
+
+    model = tiny_llama(tied=True)
+    kw = dict(max_new_tokens=12, temperature=1.0, top_k=5, pad_token_id=PAD, max_batch_size=3)
+    monkeypatch.setattr(sampling, "CANDIDATE_LIMIT", 0)  # whole vocabulary, no candidates
+    expected = generate_tokens(model, PROMPTS, seed=4, **kw)
+    monkeypatch.setattr(sampling, "CANDIDATE_LIMIT", 1024)
+    monkeypatch.setattr(sampling, "CANDIDATE_MARGIN", 0)
+    stats: dict = {}
+    assert generate_tokens(model, PROMPTS, seed=4, stats=stats, **kw) == expected
+    assert stats["candidate_fallbacks"] == len(stats["batch_rows"]) // 2 > 1
+
+
 def test_eos_ends_a_row():
     """A row stops at its first EOS token (kept), as `generate` + skip_special_tokens shows."""
     model = tiny_llama(tied=True)
