@@ -24,7 +24,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import FULL, REPO, SEED_CONFIG, SMOKE, build_model, examples  # noqa: E402
+from train_speed import (  # noqa: E402
+    FULL,
+    REPO,
+    SEED_CONFIG,
+    SMOKE,
+    benchmark_trainer,
+    build_model,
+    examples,
+)
 
 sys.path.insert(0, str(REPO))
 
@@ -55,14 +63,11 @@ class StepTimer:
 
 def run_variant(name: str, model_dir: str, shape: dict, steps: int, warmup: int) -> dict:
     import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer, set_seed
 
     from emflow.config import load_experiment_config
     from emflow.train.fast import fast_train
     from emflow.train.kl import KLBatches, KLRegularizer
     from emflow.train.settings import TrainSettings
-    from emflow.train.trainer import load_lora_model, make_trainer, training_arguments
 
     kl_on, graphs = VARIANTS[name]
     cuda = torch.cuda.is_available()
@@ -87,15 +92,11 @@ def run_variant(name: str, model_dir: str, shape: dict, steps: int, warmup: int)
             for r in examples(400, shape["vocab_size"], seed=1)
         ]
         kl = KLRegularizer(KLBatches(kl_rows, 8, pad_id=5), 1e5)
-    set_seed(config.seed)
-    model = load_lora_model(config, "fast", bf16=cuda)
     workdir = Path(tempfile.mkdtemp())
     settings = TrainSettings(backend="fast", device=device)
-    args = training_arguments(
-        config, settings, workdir / "ckpt", device=device, bf16=cuda, has_eval=False
+    trainer = benchmark_trainer(
+        config, settings, model_dir, rows, workdir, device=device, bf16=cuda
     )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    trainer = make_trainer(model, args, Dataset.from_list(rows), None, tokenizer, config.seed)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -34,16 +34,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_speed  # noqa: E402  (benchmarks/ is not a package)
-from train_speed import PEAK_BF16_FLOPS, REPO, SMOKE, build_model, examples, step_flops  # noqa: E402
+from train_speed import (  # noqa: E402
+    PEAK_BF16_FLOPS,
+    REPO,
+    SMOKE,
+    benchmark_trainer,
+    build_model,
+    examples,
+    step_flops,
+)
 
 import emflow.train.fast as fast_module  # noqa: E402
 from emflow.config import load_experiment_config  # noqa: E402
 from emflow.train.fast import fast_train, lowest_adapted_layer  # noqa: E402
 from emflow.train.trainer import (  # noqa: E402
     TrainSettings,
-    load_lora_model,
-    make_trainer,
-    training_arguments,
 )
 
 CONFIGS = [
@@ -153,10 +158,8 @@ class _StepClock:
 def profile_config(config_path: Path, model_dir: str, args) -> dict:
     """One config in this process: timed steps, then profiled ones; a JSON-able dict."""
     import torch
-    from datasets import Dataset
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, schedule
-    from transformers import AutoTokenizer, set_seed
 
     cuda = torch.cuda.is_available() and not args.smoke
     device = "cuda" if cuda else "cpu"
@@ -177,15 +180,10 @@ def profile_config(config_path: Path, model_dir: str, args) -> dict:
     config = load_experiment_config(config_path).model_copy(update=update)
     rows = examples(shape["rows"], shape["vocab_size"])
     workdir = Path(tempfile.mkdtemp())
-    # As train_speed's `fast` variant builds its trainer (there a closure, so not importable).
     settings = TrainSettings(backend="fast", device=device, gradient_checkpointing=False)
-    set_seed(config.seed)
-    model = load_lora_model(config, "fast", bf16=cuda)
-    targs = training_arguments(
-        config, settings, workdir / "ckpt", device=device, bf16=cuda, has_eval=False
+    trainer = benchmark_trainer(
+        config, settings, model_dir, rows, workdir, device=device, bf16=cuda
     )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    trainer = make_trainer(model, targs, Dataset.from_list(rows), None, tokenizer, config.seed)
 
     traces: dict = {}
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

@@ -109,6 +109,27 @@ def build_model(path: Path, shape: dict) -> None:
     fast.save_pretrained(path)
 
 
+def benchmark_trainer(
+    config, settings, model_dir: str, rows, workdir: Path, *, device: str, bf16: bool, **overrides
+):
+    """The Trainer the train rule builds (its LoRA model, arguments, optimizer and schedule) on
+    pre-tokenized `rows`, seeded from the config; `overrides` set training arguments after."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, set_seed
+
+    from emflow.train.trainer import load_lora_model, make_trainer, training_arguments
+
+    set_seed(config.seed)
+    model = load_lora_model(config, settings.backend, bf16=bf16)
+    args = training_arguments(
+        config, settings, workdir / "ckpt", device=device, bf16=bf16, has_eval=False
+    )
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return make_trainer(model, args, Dataset.from_list(rows), None, tokenizer, config.seed)
+
+
 def examples(n: int, vocab_size: int, seed: int = 0) -> list[dict[str, list[int]]]:
     """Rows of 90-170 tokens (mean 130); the loss is on everything after the ~40-token prompt."""
     rng = random.Random(seed)
@@ -137,16 +158,12 @@ def run_variant(
     if variant.startswith("unsloth"):
         import unsloth  # noqa: F401  (must precede transformers and trl)
     import torch
-    from datasets import Dataset
     from transformers import TrainerCallback
 
     from emflow.config import load_experiment_config
     from emflow.train.fast import fast_train
     from emflow.train.trainer import (
         TrainSettings,
-        load_lora_model,
-        make_trainer,
-        training_arguments,
     )
 
     cuda = torch.cuda.is_available()
@@ -173,20 +190,12 @@ def run_variant(
     }.get(variant, "unsloth")
     workdir = Path(tempfile.mkdtemp())
 
-    def new_trainer(cfg, settings, train_rows, seed_backend=None):
-        from transformers import set_seed
-
-        set_seed(cfg.seed)
-        model = load_lora_model(cfg, seed_backend or backend, bf16=cuda)
-        args = training_arguments(
-            cfg, settings, workdir / "ckpt", device=device, bf16=cuda, has_eval=False
+    def new_trainer(cfg, settings, train_rows):
+        # unsloth_default: unsloth decides the padding, as it does by default.
+        unsloth = {"padding_free": None} if variant == "unsloth_default" else {}
+        return benchmark_trainer(
+            cfg, settings, model_dir, train_rows, workdir, device=device, bf16=cuda, **unsloth
         )
-        if variant == "unsloth_default":
-            args.padding_free = None  # unsloth decides, as it does by default
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        return make_trainer(model, args, Dataset.from_list(train_rows), None, tokenizer, cfg.seed)
 
     if variant == "equivalence":
         n = 16 * (4 if smoke else 60)
@@ -194,7 +203,7 @@ def run_variant(
         histories, weights = {}, {}
         for name in ("hf", "fast"):
             settings = TrainSettings(backend=name, device=device)
-            trainer = new_trainer(cfg, settings, rows[:n], seed_backend=name)
+            trainer = new_trainer(cfg, settings, rows[:n])
             if name == "fast":
                 history = fast_train(
                     trainer,
