@@ -147,7 +147,7 @@ class _GraphedSteps:
 
     def __init__(self, parts: _Model, trainable, bf16: bool):
         self.parts, self.trainable, self.bf16 = parts, trainable, bf16
-        self.graphs: dict[tuple[int, bool], Any] = {}
+        self.graphs: dict[tuple, Any] = {}  # ("dense" | "layers", row length, ...) -> graphs
 
     def _autocast(self):
         import torch
@@ -155,29 +155,23 @@ class _GraphedSteps:
         # Graph capture needs autocast's weight-cast cache off.
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False)
 
-    def _capture(self, function, inputs, trainable):
-        """`function(*inputs)` and its backward as CUDA graphs; `trainable` are the weights it
-        differentiates besides its inputs."""
+    def _replay(self, key, function, inputs):
+        """`function(*inputs)` (differentiated in the adapter's weights), replayed from the CUDA
+        graphs captured for `key` at its first call."""
         import torch
 
-        class Step(torch.nn.Module):
-            def parameters(self, recurse=True):
-                return iter(trainable)
-
-            def forward(self, *inputs):
-                return function(*inputs)
-
-        # Captured on stand-ins that are leaves: an input that is the output of another graph
-        # carries that graph's history, which the capture must not walk into.
-        samples = tuple(
-            x.detach().requires_grad_() if x.requires_grad else x.detach() for x in inputs
-        )
-        with self._autocast():
-            return torch.cuda.make_graphed_callables(Step(), samples)
-
-    def _replay(self, key, function, inputs, trainable):
         if key not in self.graphs:
-            self.graphs[key] = self._capture(function, inputs, trainable)
+            trainable = self.trainable
+
+            class Step(torch.nn.Module):
+                def parameters(self, recurse=True):
+                    return iter(trainable)
+
+                def forward(self, *inputs):
+                    return function(*inputs)
+
+            with self._autocast():
+                self.graphs[key] = torch.cuda.make_graphed_callables(Step(), inputs)
         with self._autocast():
             return self.graphs[key](*inputs)
 
@@ -194,12 +188,9 @@ class _GraphedSteps:
         if labelled is None or tail_labels is not None or GRAPHED_HEAD != "labelled":
             inputs = (hidden, labels, positions) + (() if tail_labels is None else (tail_labels,))
             key = ("dense", hidden.shape[1], tail_labels is not None)
-            return self._replay(key, self.parts.dense_loss_sum, inputs, self.trainable)
+            return self._replay(key, self.parts.dense_loss_sum, inputs)
         normed = self._replay(
-            ("layers", hidden.shape[1]),
-            self.parts.normed_upper,
-            (hidden, positions),
-            self.trainable,
+            ("layers", hidden.shape[1]), self.parts.normed_upper, (hidden, positions)
         )
         targets = labels[:, 1:].flatten()
         # The labelled positions, in order (a stable sort of the ignored-position flags puts
